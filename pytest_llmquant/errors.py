@@ -1,0 +1,22 @@
+"""Errors that carry one line meant for a person.
+
+Everything the user can get wrong (a path, a scheme name, a marker argument)
+raises :class:`LlmqUsageError` with a message that says what is wrong and how
+to fix it. The plugin turns it into a pytest usage error (exit code 4) when it
+is found at start-up, and into a one-line test error when it is found while a
+fixture loads a model. No torch traceback ever reaches the user for bad input.
+"""
+
+from __future__ import annotations
+
+
+class LlmqError(Exception):
+    """Base class: the message is one complete line, shown without a traceback."""
+
+
+class LlmqUsageError(LlmqError):
+    """The user's input (option, path, model, marker argument) is wrong."""
+
+
+class LlmqModelError(LlmqError):
+    """A model could not be loaded or quantized, for a reason outside our control."""

@@ -1,0 +1,40 @@
+"""Scheme registry: one name, one module, one class.
+
+The modules are imported only when a scheme is asked for, so listing names
+(for ``--help`` and error messages) never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LlmqUsageError
+
+if TYPE_CHECKING:
+    from .base import QuantScheme
+
+#: name -> "module:Class". Add a scheme by adding a module and a line here.
+REGISTRY: dict[str, str] = {
+    "dynamic-int8": "pytest_llmquant.schemes.dynamic_int8:DynamicInt8",
+}
+
+DEFAULT_SCHEME = "dynamic-int8"
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def check_name(name: str) -> None:
+    if name not in REGISTRY:
+        raise LlmqUsageError(
+            f"unknown --llmq-scheme {name!r}; valid schemes: {', '.join(names())}"
+        )
+
+
+def get_scheme(name: str, **config: Any) -> QuantScheme:
+    check_name(name)
+    module_name, _, cls_name = REGISTRY[name].partition(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(**config)

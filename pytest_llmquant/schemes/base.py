@@ -1,0 +1,97 @@
+"""The contract every INT8 scheme follows (modelled on transformers' ``quantizers/``).
+
+A scheme turns an FP32 causal LM into an INT8 one, and can save that INT8 model to
+safetensors plus a JSON recipe and load it back *without* the FP32 weights of the
+quantized layers. The plugin always hands ``quantize`` a deep copy, so no scheme can
+change the FP32 model the gates compare against.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import LlmqUsageError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+RECIPE_FILE = "llmq-recipe.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "pytest-llmquant/int8"
+
+
+class QuantScheme:
+    """Base class. Subclasses set the class attributes and implement ``quantize``,
+    ``state_tensors`` and ``empty_modules``; save and load are shared."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+    summary: ClassVar[str] = ""
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    #: documented quality bound on SmolLM2-135M (mean KLD over the default corpus);
+    #: the project's tests hold each scheme to it.
+    kld_bound: ClassVar[float] = 0.01
+
+    def __init__(self, **config: Any) -> None:
+        self.config = dict(config)
+
+    # -- lifecycle -------------------------------------------------------------
+    def check_device(self, device: str) -> None:
+        kind = device.split(":")[0]
+        if kind not in self.devices:
+            raise LlmqUsageError(
+                f"scheme {self.name!r} runs only on {', '.join(self.devices)}, not on "
+                f"{device!r}; pass --llmq-device={self.devices[0]} or choose another --llmq-scheme"
+            )
+
+    def prepare(self, model: nn.Module, calibration: list[torch.Tensor] | None = None) -> None:
+        """Look at the FP32 model (and calibration token ids) before quantizing. Default: nothing."""
+
+    def quantize(self, model: nn.Module) -> nn.Module:
+        """Quantize ``model`` (a private copy) and return it. Conv1D must be covered."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"scheme": self.name, "version": self.version, "summary": self.summary,
+                "config": self.config}
+
+    # -- serialization -----------------------------------------------------------
+    def state_tensors(self, name: str, module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Plain tensors (int8 weights, scales, bias) and JSON metadata for one quantized layer."""
+        raise NotImplementedError
+
+    def module_from_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Module:
+        """Rebuild one quantized layer from what ``state_tensors`` returned."""
+        raise NotImplementedError
+
+    def is_quantized_module(self, module: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def save(self, model: nn.Module, directory: str | Path) -> None:
+        from .serialize import save_int8
+
+        save_int8(self, model, Path(directory))
+
+    @classmethod
+    def read_recipe(cls, directory: str | Path) -> dict[str, Any]:
+        path = Path(directory) / RECIPE_FILE
+        try:
+            recipe = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise LlmqUsageError(
+                f"{directory} has no {RECIPE_FILE}: it was not saved by pytest-llmquant; "
+                "save it with scheme.save(model, dir) or pass a transformers checkpoint"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise LlmqUsageError(f"{path} is not a readable recipe ({exc}); save the model again") from None
+        if recipe.get("format") != FORMAT:
+            raise LlmqUsageError(f"{path} is not a pytest-llmquant recipe; save the model again")
+        return recipe
+
+    def load(self, directory: str | Path, *, device: str = "cpu") -> nn.Module:
+        from .serialize import load_int8
+
+        return load_int8(self, Path(directory), device=device)
