@@ -1,0 +1,200 @@
+"""pytest hooks and fixtures of pytest-llmquant.
+
+Loading this module must stay cheap: it imports neither torch nor transformers.
+Everything heavy sits behind the fixtures and the marker checks, so a pytest run
+that uses none of them pays nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+import pytest
+
+from . import hooks, options
+from .errors import LlmqError, LlmqUsageError
+from .marks import MARKERS, marker_line, validate
+from .session import SESSION_KEY, LlmqSession, ModelPair, get_session
+
+F = TypeVar("F", bound=Callable[..., Any])
+NO_MODEL = ("no model to test: pass --llmq-model=ID (a hub id, a local directory, a .gguf file "
+            "or smollm2-135m), or set llmq_model in your ini file")
+
+
+# -- set-up --------------------------------------------------------------------------
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.addoptions(parser)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hooks)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name in MARKERS:
+        config.addinivalue_line("markers", marker_line(name))
+    try:
+        config.stash[SESSION_KEY] = LlmqSession.from_config(config)
+    except LlmqUsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+# -- collection ------------------------------------------------------------------------
+
+def _gate_marks(node: Any) -> list[pytest.Mark]:
+    return [m for m in node.iter_markers() if m.name in MARKERS]
+
+
+def _own_marks(collector: pytest.Collector, obj: Any) -> list[pytest.Mark]:
+    marks = list(getattr(obj, "pytestmark", []))
+    marks += list(collector.iter_markers())
+    return [m for m in marks if getattr(m, "name", None) in MARKERS]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: Any) -> None:
+    """A test with a gate marker needs the model pair even if its body does not ask for it,
+    and its marker arguments are checked here, before any model is loaded."""
+    if not callable(obj) or not collector.funcnamefilter(name):  # type: ignore[attr-defined]
+        return None
+    marks = _own_marks(collector, obj)
+    if not marks:
+        return None
+    where = f"{collector.nodeid}::{name}"
+    for mark in marks:
+        try:
+            validate(mark.name, mark.args, mark.kwargs, where)
+        except LlmqUsageError as exc:
+            raise collector.CollectError(str(exc)) from None
+    pytest.mark.usefixtures("llmq_pair")(obj)
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every model-dependent test runs once per model (and per scheme when it uses INT8)."""
+    session = metafunc.config.stash.get(SESSION_KEY, None)
+    if session is None or not session.sources:
+        return
+    names = metafunc.fixturenames
+    if "llmq_model_id" in names:
+        metafunc.parametrize("llmq_model_id", [s.spec for s in session.sources],
+                             ids=session.labels, scope="session")
+    if "llmq_scheme" in names:
+        metafunc.parametrize("llmq_scheme", session.schemes, ids=session.schemes, scope="session")
+
+
+# -- fixtures ---------------------------------------------------------------------------
+
+def _one_line(fn: F) -> F:
+    """Our errors become a one-line test error, never a torch traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LlmqError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def llmq_session(pytestconfig: pytest.Config) -> LlmqSession:
+    """The plugin's session state: models, schemes, settings and collected results."""
+    return get_session(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def llmq_model_id() -> str:
+    """The ``--llmq-model`` value of the current parametrization."""
+    pytest.fail(NO_MODEL, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def llmq_scheme(llmq_session: LlmqSession) -> str:
+    """The INT8 scheme of the current parametrization (``--llmq-scheme``)."""
+    return llmq_session.schemes[0]
+
+
+@pytest.fixture(scope="session")
+@_one_line
+def llmq_tokenizer(llmq_session: LlmqSession, llmq_model_id: str) -> Any:
+    """The model's tokenizer (with a pad token set when it had none)."""
+    return llmq_session.fp32(llmq_model_id)[1]
+
+
+@pytest.fixture(scope="session")
+@_one_line
+def fp32_model(llmq_session: LlmqSession, llmq_model_id: str) -> Any:
+    """The FP32 model in eval mode, loaded once per session."""
+    return llmq_session.fp32(llmq_model_id)[0]
+
+
+@pytest.fixture(scope="session")
+@_one_line
+def int8_model(llmq_session: LlmqSession, llmq_model_id: str, llmq_scheme: str, fp32_model: Any) -> Any:
+    """The INT8 copy made by ``llmq_scheme`` (or by a ``pytest_llmq_quantize`` hook).
+    Override this fixture in conftest.py to test your own INT8 model."""
+    return llmq_session.int8(llmq_model_id, llmq_scheme)[0]
+
+
+@pytest.fixture
+@_one_line
+def llmq_pair(llmq_session: LlmqSession, llmq_model_id: str, llmq_scheme: str, fp32_model: Any,
+              int8_model: Any, llmq_tokenizer: Any) -> ModelPair:
+    """Both models, the tokenizer, the scheme and the coverage, as the gates see them."""
+    from .layers import coverage
+
+    cov = coverage(fp32_model, int8_model)
+    label = llmq_session.label_of(llmq_model_id)
+    llmq_session.coverages[f"{label} [{llmq_scheme}]"] = cov
+    return ModelPair(llmq_model_id, label, llmq_scheme, fp32_model, int8_model, llmq_tokenizer,
+                     cov, device=llmq_session.device, threads=llmq_session.threads)
+
+
+# -- gates ---------------------------------------------------------------------------------
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """After a marked test body passed, measure its pair and fail the test on a broken gate."""
+    report = yield
+    if call.when != "call" or not report.passed:
+        return report
+    marks = _gate_marks(item)
+    if not marks:
+        return report
+    session = get_session(item.config)
+    pair = getattr(item, "funcargs", {}).get("llmq_pair")
+    failures = []
+    for mark in reversed(marks):  # in the order they are written, top to bottom
+        try:
+            result = MARKERS[mark.name](*mark.args, **mark.kwargs, pair=pair, session=session)
+        except LlmqError as exc:
+            failures.append(f"{mark.name} could not measure {pair.name}: {exc}")
+            continue
+        result.test = item.nodeid
+        session.results.append(result)
+        for key, value in result.measurement.items():
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                report.user_properties.append((f"llmq.{result.gate}.{key}", value))
+        report.sections.append((f"llmquant {result.gate}", result.long_repr))
+        if not result.passed:
+            failures.append(result.long_repr)
+    if failures:
+        report.outcome = "failed"
+        report.longrepr = "\n\n".join(failures)
+    return report
+
+
+# -- reporting --------------------------------------------------------------------------------
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None or not (session.coverages or session.results):
+        return
+    from .report import write_terminal_summary
+
+    write_terminal_summary(terminalreporter, session)

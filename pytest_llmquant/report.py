@@ -1,0 +1,26 @@
+"""The terminal summary: coverage per pair, then one table per pair of every gate run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .verdicts import format_table
+
+
+def write_terminal_summary(tr: Any, session: Any) -> None:
+    tr.write_sep("=", "pytest-llmquant summary")
+    for spec, seconds in session.load_times.items():
+        tr.write_line(f"{session.label_of(spec)}: FP32 loaded in {seconds:.1f} s")
+    for name, cov in session.coverages.items():
+        tr.write_line(f"{name}: {cov}")
+    by_pair: dict[str, list[Any]] = {}
+    for result in session.results:
+        by_pair.setdefault(result.pair, []).append(result)
+    for pair, results in by_pair.items():
+        tr.write_line("")
+        tr.write_line(f"{pair}  ({session.threads} threads, device {session.device})")
+        rows = [row for r in results for row in r.rows]
+        tr.write_line(format_table(rows))
+        for r in results:
+            if r.close:
+                tr.write_line(f"note: {r.message}")

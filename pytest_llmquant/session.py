@@ -1,0 +1,184 @@
+"""Per-session state: which models and schemes to test, and the loaded models.
+
+Models are loaded on first use and kept for the session, so a run that uses no model
+fixture never imports torch, and each model is converted and quantized once however
+many tests use it. A load that failed is remembered, so every test that needs that
+model reports the same one-line error instead of retrying a 30-second load.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from . import options
+from .errors import LlmqError, LlmqUsageError
+from .sources import ModelSource, resolve, unique_labels
+
+if TYPE_CHECKING:
+    from .cache import ModelCache
+    from .layers import Coverage
+
+SESSION_KEY = pytest.StashKey["LlmqSession"]()
+
+
+@dataclass
+class ModelPair:
+    """What a gate needs: both models, the tokenizer, and how the INT8 one was made."""
+
+    model_id: str
+    label: str
+    scheme: str
+    fp32: Any
+    int8: Any
+    tokenizer: Any
+    coverage: Coverage
+    device: str = "cpu"
+    threads: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} [{self.scheme}]"
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """Identity for caching measurements: a user-supplied INT8 model is its own key."""
+        return (self.model_id, self.scheme, id(self.int8))
+
+
+@dataclass
+class LlmqSession:
+    config: pytest.Config
+    sources: list[ModelSource]
+    labels: list[str]
+    schemes: list[str]
+    device: str
+    threads: int
+    trust_remote_code: bool
+    cache_dir: str | None
+    _fp32: dict[str, Any] = field(default_factory=dict)
+    _int8: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _cache: ModelCache | None = None
+    load_times: dict[str, float] = field(default_factory=dict)
+    coverages: dict[str, Coverage] = field(default_factory=dict)
+    results: list[Any] = field(default_factory=list)  # GateResult, in run order
+    measurements: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> LlmqSession:
+        from .schemes import DEFAULT_SCHEME, check_name
+
+        specs = options.get(config, "llmq_model")
+        sources = [resolve(s) for s in specs]
+        schemes = options.get(config, "llmq_scheme") or [DEFAULT_SCHEME]
+        for s in schemes:
+            check_name(s)
+        threads = options.get(config, "llmq_threads") or options.default_threads()
+        return cls(config=config, sources=sources, labels=unique_labels(sources),
+                   schemes=list(dict.fromkeys(schemes)), device=options.get(config, "llmq_device"),
+                   threads=threads, trust_remote_code=options.get(config, "llmq_trust_remote_code"),
+                   cache_dir=options.get(config, "llmq_cache_dir"))
+
+    def label_of(self, spec: str) -> str:
+        for src, label in zip(self.sources, self.labels):
+            if src.spec == spec:
+                return label
+        return spec
+
+    @property
+    def cache(self) -> ModelCache:
+        if self._cache is None:
+            from .cache import ModelCache
+
+            self._cache = ModelCache(self.cache_dir)
+        return self._cache
+
+    def _torch_setup(self) -> None:
+        import torch
+        from transformers.utils import logging as hf_logging
+
+        torch.set_num_threads(self.threads)
+        hf_logging.disable_progress_bar()
+
+    def fp32(self, spec: str) -> tuple[Any, Any]:
+        if spec not in self._fp32:
+            from .loading import load_fp32
+
+            self._torch_setup()
+            start = time.perf_counter()
+            try:
+                self._fp32[spec] = load_fp32(spec, device=self.device, cache=self.cache,
+                                             trust_remote_code=self.trust_remote_code)
+            except LlmqError as exc:
+                self._fp32[spec] = exc
+            self.load_times[spec] = time.perf_counter() - start
+        value = self._fp32[spec]
+        if isinstance(value, LlmqError):
+            raise value
+        return value
+
+    def int8(self, spec: str, scheme: str) -> tuple[Any, Coverage]:
+        key = (spec, scheme)
+        if key not in self._int8:
+            from .loading import build_int8
+
+            model, _ = self.fp32(spec)
+            label = self.label_of(spec)
+            hook = self.config.hook.pytest_llmq_quantize
+            try:
+                self._int8[key] = build_int8(
+                    model, scheme, device=self.device, label=label,
+                    quantize_hook=lambda **kw: hook(**{**kw, "config": {**kw["config"], "label": label}}))
+            except LlmqError as exc:
+                self._int8[key] = exc
+        value = self._int8[key]
+        if isinstance(value, LlmqError):
+            raise value
+        self.coverages[f"{self.label_of(spec)} [{scheme}]"] = value[1]
+        return value
+
+    # -- measurements, shared by markers, helpers and the suite -------------------------
+    def similarity(self, pair: ModelPair) -> Any:
+        """Deterministic, so measured once per pair and shared by every gate that asks."""
+        from .evaltext import load_eval_text
+        from .similarity import measure_similarity
+
+        key = ("similarity", *pair.key)
+        if key not in self.measurements:
+            text = load_eval_text(options.get(self.config, "llmq_eval_text"))
+            self.measurements[key] = measure_similarity(
+                pair.fp32, pair.int8, pair.tokenizer, text=text,
+                n_tokens=options.get(self.config, "llmq_eval_tokens"))
+        return self.measurements[key]
+
+    def speedup(self, pair: ModelPair, threshold: float) -> Any:
+        """Sampled per threshold: the adaptive stop depends on it."""
+        from .timing import measure_speedup
+
+        key = ("speedup", *pair.key, threshold)
+        if key not in self.measurements:
+            self.measurements[key] = measure_speedup(
+                pair.fp32, pair.int8, pair.tokenizer, threshold=threshold,
+                new_tokens=options.get(self.config, "llmq_new_tokens"), threads=self.threads,
+                time_budget=options.get(self.config, "llmq_time_budget"))
+        return self.measurements[key]
+
+    def memory(self, pair: ModelPair, kind: str) -> Any:
+        from .memory import measure_memory
+
+        key = ("memory", *pair.key, kind)
+        if key not in self.measurements:
+            self.measurements[key] = measure_memory(pair.fp32, pair.int8, kind,
+                                                    spec=pair.model_id, scheme=pair.scheme)
+        return self.measurements[key]
+
+
+def get_session(config: pytest.Config) -> LlmqSession:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None:
+        raise LlmqUsageError("pytest-llmquant is not configured; is the plugin disabled (-p no:llmquant)?")
+    return session
+
