@@ -65,7 +65,7 @@ def _explain(exc: BaseException, source: ModelSource) -> LlmqUsageError:
     if "Unrecognized configuration class" in text or "is not a causal" in text.lower():
         model_type = text.split("class ", 1)[-1].split(" ", 1)[0].strip("<>'.")
         return LlmqUsageError(
-            f"--llmq-model={spec} is not a causal language model ({model_type} cannot be loaded "
+            f"--llmq-model={spec} is not a causal language model ({model_type} is not supported "
             "by AutoModelForCausalLM); pass a decoder-only model such as gpt2"
         )
     if "trust_remote_code" in text:
@@ -94,6 +94,24 @@ def _explain(exc: BaseException, source: ModelSource) -> LlmqUsageError:
     return LlmqUsageError(f"could not load --llmq-model={spec}: {text[:200]}; check the model files")
 
 
+def _check_causal(location: str, source: ModelSource, kwargs: dict[str, Any]) -> None:
+    """AutoModelForCausalLM happily wraps an encoder (BERT becomes BertLMHeadModel with a
+    random head); refuse a checkpoint whose saved architecture is not a causal LM."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config_kwargs = {k: v for k, v in kwargs.items() if k != "use_safetensors"}
+    config = AutoConfig.from_pretrained(location, **config_kwargs)
+    archs = list(getattr(config, "architectures", None) or [])
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if getattr(config, "is_encoder_decoder", False) or (archs and not any(
+            a in causal or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)):
+        raise LlmqUsageError(
+            f"--llmq-model={source.spec} is not a causal language model ({archs[0] if archs else config.model_type} "
+            "is not supported by AutoModelForCausalLM); pass a decoder-only model such as gpt2"
+        )
+
+
 def _from_pretrained(location: str, source: ModelSource, *, trust_remote_code: bool,
                      gguf_file: str | None = None) -> tuple[Any, Any]:
     import warnings
@@ -111,6 +129,7 @@ def _from_pretrained(location: str, source: ModelSource, *, trust_remote_code: b
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            _check_causal(location, source, kwargs)
             model = AutoModelForCausalLM.from_pretrained(location, dtype="float32", **kwargs)
             kwargs.pop("use_safetensors", None)
             tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)

