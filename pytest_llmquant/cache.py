@@ -70,8 +70,10 @@ class ModelCache:
             self.root = wanted.resolve()
         else:
             self.root = Path(tempfile.mkdtemp(prefix="pytest-llmquant-cache-"))
-            warn_once(f"cache dir {wanted} is not writable; using {self.root} for this session "
-                      "(pass a writable --llmq-cache-dir to keep the cache)")
+            warn_once(
+                f"cache dir {wanted} is not writable; using {self.root} for this session "
+                "(pass a writable --llmq-cache-dir to keep the cache)"
+            )
         self.hits = 0
         self.builds = 0
 
@@ -97,8 +99,13 @@ class ModelCache:
                 return f"is corrupt ({name} fails its checksum)"
         return None
 
-    def get_or_build(self, namespace: str, identity: str, fingerprint: dict[str, Any],
-                     build: Callable[[Path], None]) -> Path:
+    def get_or_build(
+        self,
+        namespace: str,
+        identity: str,
+        fingerprint: dict[str, Any],
+        build: Callable[[Path], None],
+    ) -> Path:
         """Return a valid entry directory for ``identity``, building it at most once."""
         from filelock import FileLock
 
@@ -117,8 +124,11 @@ class ModelCache:
             tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=entry.name + ".build-"))
             try:
                 build(tmp)
-                files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
-                         for p in sorted(tmp.iterdir()) if p.is_file()}
+                files = {
+                    p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                    for p in sorted(tmp.iterdir())
+                    if p.is_file()
+                }
                 manifest = {"identity": identity, "fingerprint": fingerprint, "files": files}
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
                 if entry.exists():

@@ -10,7 +10,7 @@ first, and coverage is counted against the FP32 model's linear-like layers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,15 +38,20 @@ def linear_like_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if name and is_linear_like(m)}
 
 
-def conv1d_to_linear(module: nn.Module) -> nn.Module:
+def conv1d_to_linear(module: Any) -> nn.Module:
     """An ``nn.Linear`` that computes exactly what the ``Conv1D`` computes."""
     import torch
     from torch import nn
 
     weight = module.weight  # (in, out)
     in_features, out_features = weight.shape
-    linear = nn.Linear(in_features, out_features, bias=module.bias is not None,
-                       device=weight.device, dtype=weight.dtype)
+    linear = nn.Linear(
+        in_features,
+        out_features,
+        bias=module.bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
     with torch.no_grad():
         linear.weight.copy_(weight.t().contiguous())
         if module.bias is not None:
@@ -95,8 +100,11 @@ class Coverage:
         return text
 
     def as_dict(self) -> dict[str, object]:
-        return {"quantized": len(self.quantized), "total": self.total,
-                "kept_float": list(self.kept_float)}
+        return {
+            "quantized": len(self.quantized),
+            "total": self.total,
+            "kept_float": list(self.kept_float),
+        }
 
 
 def is_float_layer(module: nn.Module) -> bool:
@@ -107,8 +115,9 @@ def is_float_layer(module: nn.Module) -> bool:
     if not is_linear_like(module):
         return False
     weight = getattr(module, "weight", None)
-    return (weight is not None and type(weight.data) is torch.Tensor
-            and weight.dtype.is_floating_point)
+    return (
+        weight is not None and type(weight.data) is torch.Tensor and weight.dtype.is_floating_point
+    )
 
 
 def coverage(fp32_model: nn.Module, int8_model: nn.Module) -> Coverage:

@@ -50,7 +50,9 @@ def _check_local_dir(path: Path, spec: str, trust_remote_code: bool) -> None:
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise LlmqUsageError(f"--llmq-model={spec}: config.json is unreadable ({exc}); fix or re-save it") from None
+        raise LlmqUsageError(
+            f"--llmq-model={spec}: config.json is unreadable ({exc}); fix or re-save it"
+        ) from None
     if config.get("auto_map") and not trust_remote_code:
         raise LlmqUsageError(
             f"--llmq-model={spec} needs code from the model directory (config.json has auto_map); "
@@ -74,7 +76,9 @@ def _explain(exc: BaseException, source: ModelSource) -> LlmqUsageError:
             "only if you trust that code"
         )
     if isinstance(exc, ImportError):
-        return LlmqUsageError(f"loading --llmq-model={spec} needs a missing package ({text}); install it")
+        return LlmqUsageError(
+            f"loading --llmq-model={spec} needs a missing package ({text}); install it"
+        )
     if source.kind == "gguf":
         return LlmqUsageError(
             f"--llmq-model={spec} is not a readable GGUF model (truncated or corrupt: {text[:120]}); "
@@ -83,7 +87,11 @@ def _explain(exc: BaseException, source: ModelSource) -> LlmqUsageError:
     if source.kind == "hub":
         if "couldn't connect" in text or "offline" in text.lower() or "connect" in text.lower():
             reason = "the hub could not be reached"
-        elif "not a valid model identifier" in text or "404" in text or "Repository Not Found" in text:
+        elif (
+            "not a valid model identifier" in text
+            or "404" in text
+            or "Repository Not Found" in text
+        ):
             reason = "no such model on the hub"
         else:
             reason = f"the hub could not be reached or the id is wrong ({text[:120]})"
@@ -91,7 +99,9 @@ def _explain(exc: BaseException, source: ModelSource) -> LlmqUsageError:
             f"could not load {spec!r} from the Hugging Face hub: {reason}; check the id, set "
             "HF_HUB_OFFLINE=1 to use a copy already in your HF cache, or pass a local path"
         )
-    return LlmqUsageError(f"could not load --llmq-model={spec}: {text[:200]}; check the model files")
+    return LlmqUsageError(
+        f"could not load --llmq-model={spec}: {text[:200]}; check the model files"
+    )
 
 
 def _check_causal(location: str, source: ModelSource, kwargs: dict[str, Any]) -> None:
@@ -104,16 +114,18 @@ def _check_causal(location: str, source: ModelSource, kwargs: dict[str, Any]) ->
     config = AutoConfig.from_pretrained(location, **config_kwargs)
     archs = list(getattr(config, "architectures", None) or [])
     causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-    if getattr(config, "is_encoder_decoder", False) or (archs and not any(
-            a in causal or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)):
+    if getattr(config, "is_encoder_decoder", False) or (
+        archs and not any(a in causal or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    ):
         raise LlmqUsageError(
             f"--llmq-model={source.spec} is not a causal language model ({archs[0] if archs else config.model_type} "
             "is not supported by AutoModelForCausalLM); pass a decoder-only model such as gpt2"
         )
 
 
-def _from_pretrained(location: str, source: ModelSource, *, trust_remote_code: bool,
-                     gguf_file: str | None = None) -> tuple[Any, Any]:
+def _from_pretrained(
+    location: str, source: ModelSource, *, trust_remote_code: bool, gguf_file: str | None = None
+) -> tuple[Any, Any]:
     import warnings
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -133,7 +145,7 @@ def _from_pretrained(location: str, source: ModelSource, *, trust_remote_code: b
             model = AutoModelForCausalLM.from_pretrained(location, dtype="float32", **kwargs)
             kwargs.pop("use_safetensors", None)
             tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-    except (OSError, ValueError, ImportError, EnvironmentError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, ImportError, KeyError, RuntimeError) as exc:
         raise _explain(exc, source) from None
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -156,12 +168,15 @@ def _forget_gguf_quantizer(model: Any) -> None:
             delattr(model, attr)
 
 
-def _load_gguf_cached(source: ModelSource, cache: ModelCache, trust_remote_code: bool) -> tuple[Any, Any]:
+def _load_gguf_cached(
+    source: ModelSource, cache: ModelCache, trust_remote_code: bool
+) -> tuple[Any, Any]:
     """GGUF dequantization costs ~15-30 s; do it once and keep FP32 safetensors."""
 
     def build(directory: Path) -> None:
-        model, tokenizer = _from_pretrained(source.gguf_dir, source, gguf_file=source.gguf_name,
-                                            trust_remote_code=trust_remote_code)
+        model, tokenizer = _from_pretrained(
+            source.gguf_dir, source, gguf_file=source.gguf_name, trust_remote_code=trust_remote_code
+        )
         _forget_gguf_quantizer(model)
         model.save_pretrained(directory, safe_serialization=True)
         tokenizer.save_pretrained(directory)
@@ -186,25 +201,39 @@ def _finish(model: Any, tokenizer: Any, device: str) -> tuple[Any, Any]:
     try:
         model = model.to(device)
     except (RuntimeError, AssertionError) as exc:
-        raise LlmqUsageError(f"--llmq-device={device} is not usable here ({exc}); pass --llmq-device=cpu") from None
+        raise LlmqUsageError(
+            f"--llmq-device={device} is not usable here ({exc}); pass --llmq-device=cpu"
+        ) from None
     return model.eval(), tokenizer
 
 
-def load_fp32(spec: str, *, cache_dir: str | None = None, device: str = "cpu",
-              trust_remote_code: bool = False, cache: ModelCache | None = None) -> tuple[Any, Any]:
+def load_fp32(
+    spec: str,
+    *,
+    cache_dir: str | None = None,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    cache: ModelCache | None = None,
+) -> tuple[Any, Any]:
     """The FP32 model (eval mode) and its tokenizer for one ``--llmq-model`` value."""
     source = resolve(spec)
     if source.kind == "gguf":
-        model, tokenizer = _load_gguf_cached(source, cache or ModelCache(cache_dir), trust_remote_code)
+        model, tokenizer = _load_gguf_cached(
+            source, cache or ModelCache(cache_dir), trust_remote_code
+        )
     elif source.kind == "dir":
         _check_local_dir(Path(source.location), spec, trust_remote_code)
-        model, tokenizer = _from_pretrained(source.location, source, trust_remote_code=trust_remote_code)
+        model, tokenizer = _from_pretrained(
+            source.location, source, trust_remote_code=trust_remote_code
+        )
     else:
-        model, tokenizer = _from_pretrained(source.location, source, trust_remote_code=trust_remote_code)
+        model, tokenizer = _from_pretrained(
+            source.location, source, trust_remote_code=trust_remote_code
+        )
     return _finish(model, tokenizer, device)
 
 
-def probe_logits(model: nn.Module) -> Any:
+def probe_logits(model: Any) -> Any:
     """Logits on a fixed input: used to prove quantizing left the FP32 model untouched."""
     import torch
 
@@ -215,9 +244,15 @@ def probe_logits(model: nn.Module) -> Any:
         return model(ids).logits.clone()
 
 
-def build_int8(fp32_model: nn.Module, scheme: str, *, device: str = "cpu",
-               calibration: list[Any] | None = None, label: str = "the model",
-               quantize_hook: Any = None) -> tuple[nn.Module, Coverage]:
+def build_int8(
+    fp32_model: nn.Module,
+    scheme: str,
+    *,
+    device: str = "cpu",
+    calibration: list[Any] | None = None,
+    label: str = "the model",
+    quantize_hook: Any = None,
+) -> tuple[nn.Module, Coverage]:
     """Quantize a private deep copy and check coverage; the FP32 model is never touched."""
     import torch
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import LlmqUsageError
@@ -22,9 +22,14 @@ if TYPE_CHECKING:
 MEMORY_KINDS = ("weights", "file", "peak_rss")
 
 
-def quant_similarity(max_kl: float | None = None, min_same_top: float | None = None,
-                     max_ppl_ratio: float | None = None, *, pair: ModelPair,
-                     session: LlmqSession) -> GateResult:
+def quant_similarity(
+    max_kl: float | None = None,
+    min_same_top: float | None = None,
+    max_ppl_ratio: float | None = None,
+    *,
+    pair: ModelPair,
+    session: LlmqSession,
+) -> GateResult:
     """INT8 next-token distributions stay close to FP32: mean KL divergence, top-1
     agreement and perplexity ratio over the evaluation text (llama.cpp's KLD statistics)."""
     from . import options
@@ -32,31 +37,42 @@ def quant_similarity(max_kl: float | None = None, min_same_top: float | None = N
     cfg = session.config
     result = session.similarity(pair)
     return similarity_verdict(
-        result, pair.name,
+        result,
+        pair.name,
         max_kl=max_kl if max_kl is not None else options.get(cfg, "llmq_max_kl"),
-        min_same_top=min_same_top if min_same_top is not None else options.get(cfg, "llmq_min_same_top"),
-        max_ppl_ratio=max_ppl_ratio if max_ppl_ratio is not None else options.get(cfg, "llmq_max_ppl_ratio"),
+        min_same_top=min_same_top
+        if min_same_top is not None
+        else options.get(cfg, "llmq_min_same_top"),
+        max_ppl_ratio=max_ppl_ratio
+        if max_ppl_ratio is not None
+        else options.get(cfg, "llmq_max_ppl_ratio"),
     )
 
 
-def quant_speedup(min_speedup: float | None = None, *, pair: ModelPair,
-                  session: LlmqSession) -> GateResult:
+def quant_speedup(
+    min_speedup: float | None = None, *, pair: ModelPair, session: LlmqSession
+) -> GateResult:
     """INT8 generation is at least min_speedup times faster than FP32, decided on interleaved
     runs with a confidence interval (see the README's decision rule)."""
     from . import options
 
-    threshold = min_speedup if min_speedup is not None else options.get(session.config, "llmq_min_speedup")
+    threshold = (
+        min_speedup if min_speedup is not None else options.get(session.config, "llmq_min_speedup")
+    )
     result = session.speedup(pair, threshold)
     return speedup_verdict(result, pair.name, min_speedup=threshold)
 
 
-def quant_memory(min_ratio: float | None = None, kind: str = "weights", *, pair: ModelPair,
-                 session: LlmqSession) -> GateResult:
+def quant_memory(
+    min_ratio: float | None = None, kind: str = "weights", *, pair: ModelPair, session: LlmqSession
+) -> GateResult:
     """INT8 memory is at least min_ratio times smaller than FP32; kind is weights (parameters
     and buffers), file (serialized size) or peak_rss (load + generate in a fresh process)."""
     from . import options
 
-    threshold = min_ratio if min_ratio is not None else options.get(session.config, "llmq_min_memory_ratio")
+    threshold = (
+        min_ratio if min_ratio is not None else options.get(session.config, "llmq_min_memory_ratio")
+    )
     result = session.memory(pair, kind)
     return memory_verdict(result, pair.name, min_ratio=threshold)
 
@@ -79,13 +95,17 @@ def marker_line(name: str) -> str:
     return f"{name}({sig}): {doc}"
 
 
-def validate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+def validate(
+    name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], where: str
+) -> dict[str, Any]:
     """Bind and check marker arguments; return them by name. Raises a one-line usage error."""
     fn = MARKERS[name]
     public = [p for p in inspect.signature(fn).parameters.values() if p.kind != p.KEYWORD_ONLY]
-    example = {"quant_similarity": "@pytest.mark.quant_similarity(max_kl=0.01)",
-               "quant_speedup": "@pytest.mark.quant_speedup(1.2)",
-               "quant_memory": "@pytest.mark.quant_memory(2.0, kind='weights')"}[name]
+    example = {
+        "quant_similarity": "@pytest.mark.quant_similarity(max_kl=0.01)",
+        "quant_speedup": "@pytest.mark.quant_speedup(1.2)",
+        "quant_memory": "@pytest.mark.quant_memory(2.0, kind='weights')",
+    }[name]
     sig = inspect.Signature(public)
     try:
         bound = sig.bind(*args, **kwargs)
@@ -101,17 +121,23 @@ def validate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], where: st
             if value not in MEMORY_KINDS:
                 raise LlmqUsageError(
                     f"{where}: @pytest.mark.{name}(kind={value!r}) is not a memory kind; use one "
-                    f"of {', '.join(MEMORY_KINDS)}")
+                    f"of {', '.join(MEMORY_KINDS)}"
+                )
             continue
         if value is None:
             continue
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-              and math.isfinite(value) and value > 0)
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value > 0
+        )
         if ok and key in _UPPER_BOUNDED and value > _UPPER_BOUNDED[key]:
             ok = False
         if not ok:
             bound_text = f"in (0, {_UPPER_BOUNDED[key]}]" if key in _UPPER_BOUNDED else "> 0"
             raise LlmqUsageError(
                 f"{where}: @pytest.mark.{name} {key}={value!r} must be a finite number "
-                f"{bound_text}, e.g. {example}")
+                f"{bound_text}, e.g. {example}"
+            )
     return values

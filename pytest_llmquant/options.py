@@ -53,45 +53,104 @@ def _positive_float(text: str) -> float:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("llmq_model", "model to test: hub id, local directory, .gguf file or the alias "
-           "'smollm2-135m'; repeat to test several", multiple=True, default=()),
-    Option("llmq_scheme", "INT8 scheme(s) to build the INT8 model with; comma-separated or "
-           "repeated (see the README for the list)", multiple=True, default=None),
+    Option(
+        "llmq_model",
+        "model to test: hub id, local directory, .gguf file or the alias "
+        "'smollm2-135m'; repeat to test several",
+        multiple=True,
+        default=(),
+    ),
+    Option(
+        "llmq_scheme",
+        "INT8 scheme(s) to build the INT8 model with; comma-separated or "
+        "repeated (see the README for the list)",
+        multiple=True,
+        default=None,
+    ),
     Option("llmq_device", "device to run both models on", default="cpu"),
-    Option("llmq_cache_dir", "where converted FP32 weights and INT8 checkpoints are cached "
-           "(default: $XDG_CACHE_HOME/pytest-llmquant)", default=None),
-    Option("llmq_threads", "torch threads for every measurement (default: all cores)",
-           type=_positive_int, default=None),
-    Option("llmq_trust_remote_code", "allow models whose code lives in the model repo "
-           "(runs that code!)", flag=True, default=False),
-    Option("llmq_int8_model", "a pre-quantized INT8 checkpoint to test instead of quantizing "
-           "the FP32 model", default=None),
-    Option("llmq_eval_text", "UTF-8 text file to measure similarity on (default: a built-in "
-           "corpus made from Python's own docstrings)", default=None),
-    Option("llmq_eval_tokens", "tokens scored by the similarity gate", type=_positive_int,
-           default=2048),
-    Option("llmq_max_kl", "default quant_similarity bound on mean KL divergence",
-           type=_positive_float, default=0.01),
-    Option("llmq_min_same_top", "default quant_similarity bound on top-1 agreement",
-           type=_positive_float, default=0.95),
-    Option("llmq_max_ppl_ratio", "default quant_similarity bound on PPL(INT8)/PPL(FP32)",
-           type=_positive_float, default=1.02),
-    Option("llmq_min_speedup", "default quant_speedup threshold (INT8 vs FP32 generation)",
-           type=_positive_float, default=1.0),
-    Option("llmq_min_memory_ratio", "default quant_memory threshold (FP32 bytes / INT8 bytes)",
-           type=_positive_float, default=2.0),
-    Option("llmq_time_budget", "seconds the speedup gate may sample before it decides",
-           type=_positive_float, default=20.0),
+    Option(
+        "llmq_cache_dir",
+        "where converted FP32 weights and INT8 checkpoints are cached "
+        "(default: $XDG_CACHE_HOME/pytest-llmquant)",
+        default=None,
+    ),
+    Option(
+        "llmq_threads",
+        "torch threads for every measurement (default: all cores)",
+        type=_positive_int,
+        default=None,
+    ),
+    Option(
+        "llmq_trust_remote_code",
+        "allow models whose code lives in the model repo (runs that code!)",
+        flag=True,
+        default=False,
+    ),
+    Option(
+        "llmq_int8_model",
+        "a pre-quantized INT8 checkpoint to test instead of quantizing the FP32 model",
+        default=None,
+    ),
+    Option(
+        "llmq_eval_text",
+        "UTF-8 text file to measure similarity on (default: a built-in "
+        "corpus made from Python's own docstrings)",
+        default=None,
+    ),
+    Option(
+        "llmq_eval_tokens", "tokens scored by the similarity gate", type=_positive_int, default=2048
+    ),
+    Option(
+        "llmq_max_kl",
+        "default quant_similarity bound on mean KL divergence",
+        type=_positive_float,
+        default=0.01,
+    ),
+    Option(
+        "llmq_min_same_top",
+        "default quant_similarity bound on top-1 agreement",
+        type=_positive_float,
+        default=0.95,
+    ),
+    Option(
+        "llmq_max_ppl_ratio",
+        "default quant_similarity bound on PPL(INT8)/PPL(FP32)",
+        type=_positive_float,
+        default=1.02,
+    ),
+    Option(
+        "llmq_min_speedup",
+        "default quant_speedup threshold (INT8 vs FP32 generation)",
+        type=_positive_float,
+        default=1.0,
+    ),
+    Option(
+        "llmq_min_memory_ratio",
+        "default quant_memory threshold (FP32 bytes / INT8 bytes)",
+        type=_positive_float,
+        default=2.0,
+    ),
+    Option(
+        "llmq_time_budget",
+        "seconds the speedup gate may sample before it decides",
+        type=_positive_float,
+        default=20.0,
+    ),
     Option("llmq_new_tokens", "tokens generated per timed run", type=_positive_int, default=32),
-    Option("llmq_suite", "add the built-in regression suite to the collection", flag=True,
-           default=False),
+    Option(
+        "llmq_suite",
+        "add the built-in regression suite to the collection",
+        flag=True,
+        default=False,
+    ),
     Option("llmq_report", "write every measurement and verdict to this JSON file", default=None),
-    Option("llmq_report_md", "write a Markdown summary to this file (default: "
-           "$GITHUB_STEP_SUMMARY when set)", default=None),
-    Option("llmq_save_baseline", "write measured metrics to this JSON baseline file",
-           default=None),
-    Option("llmq_baseline", "fail when a metric is worse than in this baseline file",
-           default=None),
+    Option(
+        "llmq_report_md",
+        "write a Markdown summary to this file (default: $GITHUB_STEP_SUMMARY when set)",
+        default=None,
+    ),
+    Option("llmq_save_baseline", "write measured metrics to this JSON baseline file", default=None),
+    Option("llmq_baseline", "fail when a metric is worse than in this baseline file", default=None),
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}
@@ -101,16 +160,29 @@ def addoptions(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmquant", "quantized LLM testing (pytest-llmquant)")
     for opt in OPTIONS:
         if opt.flag:
-            group.addoption(opt.cli, action="store_true", default=None, dest=opt.name,
-                            help=opt.help)
+            group.addoption(
+                opt.cli, action="store_true", default=None, dest=opt.name, help=opt.help
+            )
             parser.addini(opt.name, opt.help, type="bool", default=opt.default)
         elif opt.multiple:
-            group.addoption(opt.cli, action="append", default=None, dest=opt.name,
-                            metavar=opt.name.removeprefix("llmq_").upper(), help=opt.help)
+            group.addoption(
+                opt.cli,
+                action="append",
+                default=None,
+                dest=opt.name,
+                metavar=opt.name.removeprefix("llmq_").upper(),
+                help=opt.help,
+            )
             parser.addini(opt.name, opt.help, type="linelist", default=[])
         else:
-            group.addoption(opt.cli, action="store", default=None, dest=opt.name,
-                            metavar=opt.name.removeprefix("llmq_").upper(), help=opt.help)
+            group.addoption(
+                opt.cli,
+                action="store",
+                default=None,
+                dest=opt.name,
+                metavar=opt.name.removeprefix("llmq_").upper(),
+                help=opt.help,
+            )
             parser.addini(opt.name, opt.help, default=None)
 
 
@@ -137,7 +209,9 @@ def get(config: pytest.Config, name: str) -> Any:
         return bool(raw)
     if opt.multiple:
         # models may legitimately contain commas only in odd paths; schemes never do
-        return _split(raw) if name != "llmq_model" else [str(v).strip() for v in raw if str(v).strip()]
+        return (
+            _split(raw) if name != "llmq_model" else [str(v).strip() for v in raw if str(v).strip()]
+        )
     try:
         return opt.type(raw)
     except (TypeError, ValueError) as exc:

@@ -19,11 +19,14 @@ from .marks import MARKERS, marker_line, validate
 from .session import SESSION_KEY, LlmqSession, ModelPair, get_session
 
 F = TypeVar("F", bound=Callable[..., Any])
-NO_MODEL = ("no model to test: pass --llmq-model=ID (a hub id, a local directory, a .gguf file "
-            "or smollm2-135m), or set llmq_model in your ini file")
+NO_MODEL = (
+    "no model to test: pass --llmq-model=ID (a hub id, a local directory, a .gguf file "
+    "or smollm2-135m), or set llmq_model in your ini file"
+)
 
 
 # -- set-up --------------------------------------------------------------------------
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     options.addoptions(parser)
@@ -43,6 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # -- collection ------------------------------------------------------------------------
+
 
 def _gate_marks(node: Any) -> list[pytest.Mark]:
     return [m for m in node.iter_markers() if m.name in MARKERS]
@@ -80,13 +84,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     names = metafunc.fixturenames
     if "llmq_model_id" in names:
-        metafunc.parametrize("llmq_model_id", [s.spec for s in session.sources],
-                             ids=session.labels, scope="session")
+        metafunc.parametrize(
+            "llmq_model_id", [s.spec for s in session.sources], ids=session.labels, scope="session"
+        )
     if "llmq_scheme" in names:
         metafunc.parametrize("llmq_scheme", session.schemes, ids=session.schemes, scope="session")
 
 
 # -- fixtures ---------------------------------------------------------------------------
+
 
 def _one_line(fn: F) -> F:
     """Our errors become a one-line test error, never a torch traceback."""
@@ -135,7 +141,9 @@ def fp32_model(llmq_session: LlmqSession, llmq_model_id: str) -> Any:
 
 @pytest.fixture(scope="session")
 @_one_line
-def int8_model(llmq_session: LlmqSession, llmq_model_id: str, llmq_scheme: str, fp32_model: Any) -> Any:
+def int8_model(
+    llmq_session: LlmqSession, llmq_model_id: str, llmq_scheme: str, fp32_model: Any
+) -> Any:
     """The INT8 copy made by ``llmq_scheme`` (or by a ``pytest_llmq_quantize`` hook).
     Override this fixture in conftest.py to test your own INT8 model."""
     return llmq_session.int8(llmq_model_id, llmq_scheme, fp32_model)[0]
@@ -143,22 +151,40 @@ def int8_model(llmq_session: LlmqSession, llmq_model_id: str, llmq_scheme: str, 
 
 @pytest.fixture
 @_one_line
-def llmq_pair(llmq_session: LlmqSession, llmq_model_id: str, llmq_scheme: str, fp32_model: Any,
-              int8_model: Any, llmq_tokenizer: Any) -> ModelPair:
+def llmq_pair(
+    llmq_session: LlmqSession,
+    llmq_model_id: str,
+    llmq_scheme: str,
+    fp32_model: Any,
+    int8_model: Any,
+    llmq_tokenizer: Any,
+) -> ModelPair:
     """Both models, the tokenizer, the scheme and the coverage, as the gates see them."""
     from .layers import coverage
 
     cov = coverage(fp32_model, int8_model)
     label = llmq_session.label_of(llmq_model_id)
     llmq_session.coverages[f"{label} [{llmq_scheme}]"] = cov
-    return ModelPair(llmq_model_id, label, llmq_scheme, fp32_model, int8_model, llmq_tokenizer,
-                     cov, device=llmq_session.device, threads=llmq_session.threads)
+    return ModelPair(
+        llmq_model_id,
+        label,
+        llmq_scheme,
+        fp32_model,
+        int8_model,
+        llmq_tokenizer,
+        cov,
+        device=llmq_session.device,
+        threads=llmq_session.threads,
+    )
 
 
 # -- gates ---------------------------------------------------------------------------------
 
+
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, Any]:
     """After a marked test body passed, measure its pair and fail the test on a broken gate."""
     report = yield
     if call.when != "call" or not report.passed:
@@ -173,7 +199,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         try:
             result = MARKERS[mark.name](*mark.args, **mark.kwargs, pair=pair, session=session)
         except LlmqError as exc:
-            failures.append(f"{mark.name} could not measure {pair.name}: {exc}")
+            failures.append(f"{mark.name} could not measure {pair.name if pair else item.nodeid}: {exc}")
             continue
         result.test = item.nodeid
         session.results.append(result)
@@ -191,9 +217,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 # -- reporting --------------------------------------------------------------------------------
 
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
-    if session is None or not (session.coverages or session.results):
+    if session is None or not (session.load_times or session.coverages or session.results):
         return
     from .report import write_terminal_summary
 

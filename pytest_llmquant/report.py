@@ -10,7 +10,11 @@ from .verdicts import format_table
 def write_terminal_summary(tr: Any, session: Any) -> None:
     tr.write_sep("=", "pytest-llmquant summary")
     for spec, seconds in session.load_times.items():
-        tr.write_line(f"{session.label_of(spec)}: FP32 loaded in {seconds:.1f} s")
+        note = session.load_notes.get(spec)
+        tr.write_line(
+            f"{session.label_of(spec)}: FP32 loaded in {seconds:.1f} s"
+            + (f" ({note})" if note else "")
+        )
     for name, cov in session.coverages.items():
         tr.write_line(f"{name}: {cov}")
     by_pair: dict[str, list[Any]] = {}

@@ -63,6 +63,7 @@ class LlmqSession:
     _int8: dict[tuple[str, str], Any] = field(default_factory=dict)
     _cache: ModelCache | None = None
     load_times: dict[str, float] = field(default_factory=dict)
+    load_notes: dict[str, str] = field(default_factory=dict)
     coverages: dict[str, Coverage] = field(default_factory=dict)
     results: list[Any] = field(default_factory=list)  # GateResult, in run order
     measurements: dict[tuple[Any, ...], Any] = field(default_factory=dict)
@@ -77,13 +78,19 @@ class LlmqSession:
         for s in schemes:
             check_name(s)
         threads = options.get(config, "llmq_threads") or options.default_threads()
-        return cls(config=config, sources=sources, labels=unique_labels(sources),
-                   schemes=list(dict.fromkeys(schemes)), device=options.get(config, "llmq_device"),
-                   threads=threads, trust_remote_code=options.get(config, "llmq_trust_remote_code"),
-                   cache_dir=options.get(config, "llmq_cache_dir"))
+        return cls(
+            config=config,
+            sources=sources,
+            labels=unique_labels(sources),
+            schemes=list(dict.fromkeys(schemes)),
+            device=options.get(config, "llmq_device"),
+            threads=threads,
+            trust_remote_code=options.get(config, "llmq_trust_remote_code"),
+            cache_dir=options.get(config, "llmq_cache_dir"),
+        )
 
     def label_of(self, spec: str) -> str:
-        for src, label in zip(self.sources, self.labels):
+        for src, label in zip(self.sources, self.labels, strict=False):
             if src.spec == spec:
                 return label
         return spec
@@ -109,12 +116,21 @@ class LlmqSession:
 
             self._torch_setup()
             start = time.perf_counter()
+            hits, builds = self.cache.hits, self.cache.builds
             try:
-                self._fp32[spec] = load_fp32(spec, device=self.device, cache=self.cache,
-                                             trust_remote_code=self.trust_remote_code)
+                self._fp32[spec] = load_fp32(
+                    spec,
+                    device=self.device,
+                    cache=self.cache,
+                    trust_remote_code=self.trust_remote_code,
+                )
             except LlmqError as exc:
                 self._fp32[spec] = exc
             self.load_times[spec] = time.perf_counter() - start
+            if self.cache.hits > hits:
+                self.load_notes[spec] = "FP32 weights from the cache"
+            elif self.cache.builds > builds:
+                self.load_notes[spec] = "converted to FP32 safetensors and cached"
         value = self._fp32[spec]
         if isinstance(value, LlmqError):
             raise value
@@ -131,8 +147,14 @@ class LlmqSession:
             hook = self.config.hook.pytest_llmq_quantize
             try:
                 self._int8[key] = build_int8(
-                    model, scheme, device=self.device, label=label,
-                    quantize_hook=lambda **kw: hook(**{**kw, "config": {**kw["config"], "label": label}}))
+                    model,
+                    scheme,
+                    device=self.device,
+                    label=label,
+                    quantize_hook=lambda **kw: hook(
+                        **{**kw, "config": {**kw["config"], "label": label}}
+                    ),
+                )
             except LlmqError as exc:
                 self._int8[key] = exc
         value = self._int8[key]
@@ -151,8 +173,12 @@ class LlmqSession:
         if key not in self.measurements:
             text = load_eval_text(options.get(self.config, "llmq_eval_text"))
             self.measurements[key] = measure_similarity(
-                pair.fp32, pair.int8, pair.tokenizer, text=text,
-                n_tokens=options.get(self.config, "llmq_eval_tokens"))
+                pair.fp32,
+                pair.int8,
+                pair.tokenizer,
+                text=text,
+                n_tokens=options.get(self.config, "llmq_eval_tokens"),
+            )
         return self.measurements[key]
 
     def speedup(self, pair: ModelPair, threshold: float) -> Any:
@@ -162,9 +188,14 @@ class LlmqSession:
         key = ("speedup", *pair.key, threshold)
         if key not in self.measurements:
             self.measurements[key] = measure_speedup(
-                pair.fp32, pair.int8, pair.tokenizer, threshold=threshold,
-                new_tokens=options.get(self.config, "llmq_new_tokens"), threads=self.threads,
-                time_budget=options.get(self.config, "llmq_time_budget"))
+                pair.fp32,
+                pair.int8,
+                pair.tokenizer,
+                threshold=threshold,
+                new_tokens=options.get(self.config, "llmq_new_tokens"),
+                threads=self.threads,
+                time_budget=options.get(self.config, "llmq_time_budget"),
+            )
         return self.measurements[key]
 
     def memory(self, pair: ModelPair, kind: str) -> Any:
@@ -172,14 +203,16 @@ class LlmqSession:
 
         key = ("memory", *pair.key, kind)
         if key not in self.measurements:
-            self.measurements[key] = measure_memory(pair.fp32, pair.int8, kind,
-                                                    spec=pair.model_id, scheme=pair.scheme)
+            self.measurements[key] = measure_memory(
+                pair.fp32, pair.int8, kind, spec=pair.model_id, scheme=pair.scheme
+            )
         return self.measurements[key]
 
 
 def get_session(config: pytest.Config) -> LlmqSession:
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
-        raise LlmqUsageError("pytest-llmquant is not configured; is the plugin disabled (-p no:llmquant)?")
+        raise LlmqUsageError(
+            "pytest-llmquant is not configured; is the plugin disabled (-p no:llmquant)?"
+        )
     return session
-

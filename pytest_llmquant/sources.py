@@ -41,8 +41,13 @@ class ModelSource:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return (spec.startswith((".", "/", "~")) or os.sep in spec.rstrip(os.sep) and os.path.exists(spec)
-            or spec.endswith(".gguf") or os.path.exists(spec))
+    return (
+        spec.startswith((".", "/", "~"))
+        or os.sep in spec.rstrip(os.sep)
+        and os.path.exists(spec)
+        or spec.endswith(".gguf")
+        or os.path.exists(spec)
+    )
 
 
 def _smollm2() -> ModelSource:
@@ -66,7 +71,9 @@ def _check_gguf(path: Path, spec: str) -> None:
         with path.open("rb") as fh:
             magic = fh.read(4)
     except OSError as exc:
-        raise LlmqUsageError(f"cannot read --llmq-model={spec}: {exc.strerror}; check the file") from None
+        raise LlmqUsageError(
+            f"cannot read --llmq-model={spec}: {exc.strerror}; check the file"
+        ) from None
     if magic != GGUF_MAGIC:
         raise LlmqUsageError(
             f"--llmq-model={spec} is not a GGUF file (it does not start with 'GGUF'); "

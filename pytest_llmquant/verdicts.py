@@ -45,18 +45,27 @@ class GateResult:
         return self.message + "\n" + format_table(self.rows)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"gate": self.gate, "pair": self.pair, "test": self.test, "passed": self.passed,
-                "close": self.close, "message": self.message, "thresholds": self.thresholds,
-                "measurement": self.measurement,
-                "rows": [{**vars(r), "verdict": r.verdict} for r in self.rows]}
+        return {
+            "gate": self.gate,
+            "pair": self.pair,
+            "test": self.test,
+            "passed": self.passed,
+            "close": self.close,
+            "message": self.message,
+            "thresholds": self.thresholds,
+            "measurement": self.measurement,
+            "rows": [{**vars(r), "verdict": r.verdict} for r in self.rows],
+        }
 
 
 def format_table(rows: list[Row]) -> str:
     header = ("metric", "FP32", "INT8", "ratio", "threshold", "verdict")
     body = [(r.metric, r.fp32, r.int8, r.ratio, r.threshold, r.verdict) for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip()
-             for line in (header, *body)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=False)).rstrip()
+        for line in (header, *body)
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -69,8 +78,10 @@ def _g(x: float, digits: int = 3) -> str:
 
 # -- similarity -------------------------------------------------------------------
 
-def similarity_verdict(result: Any, pair: str, *, max_kl: float, min_same_top: float,
-                       max_ppl_ratio: float) -> GateResult:
+
+def similarity_verdict(
+    result: Any, pair: str, *, max_kl: float, min_same_top: float, max_ppl_ratio: float
+) -> GateResult:
     r = result
     kl_ok = r.mean_kld <= max_kl
     top_ok = r.same_top >= min_same_top
@@ -79,51 +90,94 @@ def similarity_verdict(result: Any, pair: str, *, max_kl: float, min_same_top: f
         "kl": f"mean KLD {_g(r.mean_kld, 2)} ± {_g(r.kld_se, 1)} {'≤' if kl_ok else '>'} {_g(max_kl)}",
         "top": f"same-top {r.same_top:.3f} ± {r.same_top_se:.3f} {'≥' if top_ok else '<'} {_g(min_same_top)}",
         "ppl": f"PPL {r.ppl_fp32:.2f} → {r.ppl_int8:.2f} (ratio {r.ppl_ratio:.2f} "
-               f"{'≤' if ppl_ok else '>'} {_g(max_ppl_ratio)})",
+        f"{'≤' if ppl_ok else '>'} {_g(max_ppl_ratio)})",
     }
     oks = {"kl": kl_ok, "top": top_ok, "ppl": ppl_ok}
     passed = all(oks.values())
     shown = [parts[k] for k in parts if not oks[k]] if not passed else list(parts.values())
-    message = (f"quant_similarity {'passed' if passed else 'failed'} for {pair}: "
-               + "; ".join(shown) + f" (over {r.n_tokens} tokens)")
+    message = (
+        f"quant_similarity {'passed' if passed else 'failed'} for {pair}: "
+        + "; ".join(shown)
+        + f" (over {r.n_tokens} tokens)"
+    )
     greedy = getattr(r, "greedy_match", None)
     rows = [
         Row("mean KLD", "", f"{_g(r.mean_kld)} ± {_g(r.kld_se, 2)}", "", f"≤ {_g(max_kl)}", kl_ok),
         Row("p99 / max KLD", "", f"{_g(r.p99_kld)} / {_g(r.max_kld)}", "", "", None),
-        Row("same-top-1", "", f"{r.same_top:.3f} ± {r.same_top_se:.3f}", "", f"≥ {_g(min_same_top)}", top_ok),
-        Row("perplexity", f"{r.ppl_fp32:.3f}", f"{r.ppl_int8:.3f}", f"{r.ppl_ratio:.3f}",
-            f"≤ {_g(max_ppl_ratio)}", ppl_ok),
+        Row(
+            "same-top-1",
+            "",
+            f"{r.same_top:.3f} ± {r.same_top_se:.3f}",
+            "",
+            f"≥ {_g(min_same_top)}",
+            top_ok,
+        ),
+        Row(
+            "perplexity",
+            f"{r.ppl_fp32:.3f}",
+            f"{r.ppl_int8:.3f}",
+            f"{r.ppl_ratio:.3f}",
+            f"≤ {_g(max_ppl_ratio)}",
+            ppl_ok,
+        ),
         Row("RMS Δp", "", f"{100 * r.rms_dp:.2f}%", "", "", None),
     ]
     if greedy is not None:
         rows.append(Row("greedy token match", "", f"{greedy:.3f}", "", "", None))
-    return GateResult("quant_similarity", pair, passed, message, rows, _as_dict(r),
-                      {"max_kl": max_kl, "min_same_top": min_same_top, "max_ppl_ratio": max_ppl_ratio})
+    return GateResult(
+        "quant_similarity",
+        pair,
+        passed,
+        message,
+        rows,
+        _as_dict(r),
+        {"max_kl": max_kl, "min_same_top": min_same_top, "max_ppl_ratio": max_ppl_ratio},
+    )
 
 
 # -- speedup ------------------------------------------------------------------------
+
 
 def speedup_verdict(result: Any, pair: str, *, min_speedup: float) -> GateResult:
     r = result
     passed = r.verdict == "pass"
     ci = f"{int(round(100 * r.confidence))}% CI {r.ci_low:.2f}–{r.ci_high:.2f}"
     cmp = "≥" if passed else "<"
-    message = (f"quant_speedup {'passed' if passed else 'failed'} for {pair}: INT8 {r.speedup:.2f}x "
-               f"faster than FP32 ({ci}, {r.n_pairs} interleaved pairs, {r.threads} threads) "
-               f"{cmp} {_g(min_speedup)}x")
+    message = (
+        f"quant_speedup {'passed' if passed else 'failed'} for {pair}: INT8 {r.speedup:.2f}x "
+        f"faster than FP32 ({ci}, {r.n_pairs} interleaved pairs, {r.threads} threads) "
+        f"{cmp} {_g(min_speedup)}x"
+    )
     if r.close:
-        message += "; close call: the interval still contains the threshold, decided on the point estimate"
+        message += (
+            "; close call: the interval still contains the threshold, decided on the point estimate"
+        )
     rows = [
-        Row("ms/token", f"{r.fp32_ms_per_token:.2f}", f"{r.int8_ms_per_token:.2f}",
-            f"{r.speedup:.2f}x", f"≥ {_g(min_speedup)}x", passed),
+        Row(
+            "ms/token",
+            f"{r.fp32_ms_per_token:.2f}",
+            f"{r.int8_ms_per_token:.2f}",
+            f"{r.speedup:.2f}x",
+            f"≥ {_g(min_speedup)}x",
+            passed,
+        ),
         Row("tokens/s", f"{r.fp32_tokens_per_s:.1f}", f"{r.int8_tokens_per_s:.1f}", "", "", None),
         Row("speedup CI", "", "", f"{r.ci_low:.2f}–{r.ci_high:.2f}", ci.split(" CI")[0], None),
     ]
-    return GateResult("quant_speedup", pair, passed, message, rows, _as_dict(r),
-                      {"min_speedup": min_speedup}, close=bool(r.close))
+    return GateResult(
+        "quant_speedup",
+        pair,
+        passed,
+        message,
+        rows,
+        _as_dict(r),
+        {"min_speedup": min_speedup},
+        close=bool(r.close),
+    )
 
 
 # -- memory ---------------------------------------------------------------------------
+
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
@@ -132,16 +186,33 @@ def _mb(n: float) -> str:
 def memory_verdict(result: Any, pair: str, *, min_ratio: float) -> GateResult:
     r = result
     passed = r.ratio >= min_ratio
-    message = (f"quant_memory {'passed' if passed else 'failed'} for {pair}: {r.kind} "
-               f"{_mb(r.fp32_bytes)} → {_mb(r.int8_bytes)} (ratio {r.ratio:.2f}x "
-               f"{'≥' if passed else '<'} {_g(min_ratio)}x)")
+    message = (
+        f"quant_memory {'passed' if passed else 'failed'} for {pair}: {r.kind} "
+        f"{_mb(r.fp32_bytes)} → {_mb(r.int8_bytes)} (ratio {r.ratio:.2f}x "
+        f"{'≥' if passed else '<'} {_g(min_ratio)}x)"
+    )
     kept = getattr(r, "kept_float", None)
     if kept:
         message += "; still FP32: " + ", ".join(f"{k} {_mb(v)}" for k, v in list(kept.items())[:3])
-    rows = [Row(f"memory ({r.kind})", _mb(r.fp32_bytes), _mb(r.int8_bytes), f"{r.ratio:.2f}x",
-                f"≥ {_g(min_ratio)}x", passed)]
-    return GateResult("quant_memory", pair, passed, message, rows, _as_dict(r),
-                      {"min_ratio": min_ratio, "kind": r.kind})
+    rows = [
+        Row(
+            f"memory ({r.kind})",
+            _mb(r.fp32_bytes),
+            _mb(r.int8_bytes),
+            f"{r.ratio:.2f}x",
+            f"≥ {_g(min_ratio)}x",
+            passed,
+        )
+    ]
+    return GateResult(
+        "quant_memory",
+        pair,
+        passed,
+        message,
+        rows,
+        _as_dict(r),
+        {"min_ratio": min_ratio, "kind": r.kind},
+    )
 
 
 def _as_dict(result: Any) -> dict[str, Any]:

@@ -3,9 +3,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 import _pytest.pytester
+import pytest
 
 # pytester's in-process runs forget every module first imported inside them, and torch
 # (with its C++ op registry) cannot be imported twice in one process. Keep library modules;

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,16 +45,27 @@ def test_second_use_is_a_hit(tmp_path: Path) -> None:
     assert set(manifest["files"]) == {"model.safetensors", "config.json"}
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (lambda p: p.write_bytes(p.read_bytes()[:-100]), "is truncated (model.safetensors)"),
-    (lambda p: p.write_bytes(b"X" + p.read_bytes()[1:]), "is corrupt (model.safetensors fails its checksum)"),
-    (lambda p: (p.parent / "llmq-cache.json").write_text("{not json"), "has an unreadable manifest"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:-100]), "is truncated (model.safetensors)"),
+        (
+            lambda p: p.write_bytes(b"X" + p.read_bytes()[1:]),
+            "is corrupt (model.safetensors fails its checksum)",
+        ),
+        (
+            lambda p: (p.parent / "llmq-cache.json").write_text("{not json"),
+            "has an unreadable manifest",
+        ),
+    ],
+)
 def test_damaged_entry_is_rebuilt_with_one_warning(tmp_path: Path, damage, problem: str) -> None:
     calls: list[int] = []
     entry = ModelCache(tmp_path).get_or_build("fp32", "model-a", FP, builder(calls))
     damage(entry / "model.safetensors")
-    with pytest.warns(LlmqCacheWarning, match=re.escape(f"cache entry for model-a {problem}; rebuilding it")):
+    with pytest.warns(
+        LlmqCacheWarning, match=re.escape(f"cache entry for model-a {problem}; rebuilding it")
+    ):
         ModelCache(tmp_path).get_or_build("fp32", "model-a", FP, builder(calls))
     assert calls == [1, 1]
     with warnings.catch_warnings():
@@ -74,7 +85,9 @@ def test_stale_entry_is_rebuilt(tmp_path: Path) -> None:
 def test_unwritable_cache_dir_falls_back_to_a_temporary_one(tmp_path: Path) -> None:
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("a file where the cache dir should be")
-    with pytest.warns(LlmqCacheWarning, match=f"cache dir {blocked / 'cache'} is not writable; using "):
+    with pytest.warns(
+        LlmqCacheWarning, match=f"cache dir {blocked / 'cache'} is not writable; using "
+    ):
         cache = ModelCache(blocked / "cache")
     assert cache.root.is_dir() and os.access(cache.root, os.W_OK)
 
@@ -114,8 +127,14 @@ def test_two_processes_build_once_and_both_read_a_valid_file(tmp_path: Path) -> 
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     log = tmp_path / "builds.log"
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "c"), str(log), "1.5"],
-                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "c"), str(log), "1.5"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert outs == ["OK", "OK"]
     assert log.read_text().splitlines() == ["build"]
@@ -125,8 +144,11 @@ def test_killed_builder_leaves_no_file_a_later_run_trusts(tmp_path: Path) -> Non
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     log = tmp_path / "builds.log"
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "c"), str(log), "30"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "c"), str(log), "30"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while not (log.exists() and log.read_text()) and time.time() < deadline:
         time.sleep(0.1)
@@ -134,8 +156,12 @@ def test_killed_builder_leaves_no_file_a_later_run_trusts(tmp_path: Path) -> Non
     proc.wait()
     cache = ModelCache(tmp_path / "c")
     assert not cache.entry_path("fp32", "shared-model").exists()
-    again = subprocess.run([sys.executable, str(script), str(tmp_path / "c"), str(log), "0"],
-                           capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "c"), str(log), "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.stdout.strip() == "OK"
     assert log.read_text().splitlines() == ["build", "build"]
     assert list((tmp_path / "c" / "fp32").glob("*.build-*")) == []  # the leftover was cleaned

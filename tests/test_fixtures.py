@@ -24,7 +24,8 @@ def test_int8_model_generates(pytester: pytest.Pytester, tiny_gpt2_dir: Path) ->
 
 
 def test_every_conv1d_and_linear_is_quantized_and_logits_stay_close(
-        pytester: pytest.Pytester, tiny_gpt2_dir: Path) -> None:
+    pytester: pytest.Pytester, tiny_gpt2_dir: Path
+) -> None:
     pytester.makepyfile("""
         import torch
         from transformers.pytorch_utils import Conv1D
@@ -53,7 +54,9 @@ def test_every_conv1d_and_linear_is_quantized_and_logits_stay_close(
     run(pytester, tiny_gpt2_dir).assert_outcomes(passed=3)
 
 
-def test_quantizing_leaves_fp32_bit_identical(pytester: pytest.Pytester, tiny_gpt2_dir: Path) -> None:
+def test_quantizing_leaves_fp32_bit_identical(
+    pytester: pytest.Pytester, tiny_gpt2_dir: Path
+) -> None:
     pytester.makepyfile("""
         import torch
 
@@ -87,8 +90,9 @@ def test_a_hook_that_mutates_fp32_is_caught(pytester: pytest.Pytester, tiny_gpt2
     assert "Traceback" not in result.stdout.str()
 
 
-def test_two_models_parametrize_every_model_test(pytester: pytest.Pytester, tmp_path: Path,
-                                                 tiny_gpt2_dir: Path) -> None:
+def test_two_models_parametrize_every_model_test(
+    pytester: pytest.Pytester, tmp_path: Path, tiny_gpt2_dir: Path
+) -> None:
     import shutil
 
     other = tmp_path / "other-gpt2"
@@ -103,17 +107,24 @@ def test_two_models_parametrize_every_model_test(pytester: pytest.Pytester, tmp_
         def test_plain():
             pass
     """)
-    result = pytester.runpytest_inprocess(f"--llmq-model={tiny_gpt2_dir}", f"--llmq-model={other}",
-                                          "-v", "-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess(
+        f"--llmq-model={tiny_gpt2_dir}", f"--llmq-model={other}", "-v", "-p", "no:cacheprovider"
+    )
     result.assert_outcomes(passed=5)
-    result.stdout.fnmatch_lines_random([
-        "*test_fp32?tiny-gpt2* PASSED*", "*test_fp32?other-gpt2* PASSED*",
-        "*test_pair?tiny-gpt2*-dynamic-int8? PASSED*", "*test_pair?other-gpt2-dynamic-int8? PASSED*",
-        "*test_plain PASSED*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "*test_fp32?tiny-gpt2* PASSED*",
+            "*test_fp32?other-gpt2* PASSED*",
+            "*test_pair?tiny-gpt2*-dynamic-int8? PASSED*",
+            "*test_pair?other-gpt2-dynamic-int8? PASSED*",
+            "*test_plain PASSED*",
+        ]
+    )
 
 
-def test_models_load_once_and_only_when_needed(pytester: pytest.Pytester, tiny_gpt2_dir: Path) -> None:
+def test_models_load_once_and_only_when_needed(
+    pytester: pytest.Pytester, tiny_gpt2_dir: Path
+) -> None:
     pytester.makepyfile("""
         import sys
 

@@ -28,8 +28,9 @@ F32 = np.finfo(np.float32)
 #: still far too small to hide a real rounding bug (an off-by-one q costs a whole scale).
 REL_EPS = 2.0**-15
 
-PROPS = settings(max_examples=80, deadline=None, database=None,
-                 suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(
+    max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 #: value bounds from subnormal to float32's max; each exactly representable in float32
 magnitudes = st.sampled_from(
@@ -52,8 +53,7 @@ def weights(draw: Any, min_side: int = 0, max_rows: int = 12, max_cols: int = 48
         n_out = draw(st.integers(0, 3), label="outliers")
         for _ in range(n_out):
             r, c = draw(st.integers(0, rows - 1)), draw(st.integers(0, cols - 1))
-            w[r, c] = draw(st.sampled_from([1e4, -1e4, 1e8, -3e38, F32.max]),
-                           label="outlier")
+            w[r, c] = draw(st.sampled_from([1e4, -1e4, 1e8, -3e38, F32.max]), label="outlier")
     return w
 
 
@@ -106,9 +106,9 @@ def test_quantize_contract(w: np.ndarray, group_size: int | None) -> None:
     g = max(cols, 1) if group_size is None else group_size
     for r in range(rows):
         for start in range(0, cols, g):
-            block = np.abs(w[r, start:start + g]).astype(np.float64)
+            block = np.abs(w[r, start : start + g]).astype(np.float64)
             if block.max() / 127 >= F32.tiny:
-                assert np.abs(q[r, start:start + g]).max() == 127, (r, start)
+                assert np.abs(q[r, start : start + g]).max() == 127, (r, start)
 
 
 @PROPS
@@ -130,13 +130,16 @@ def test_group_at_least_cols_is_per_channel(w: np.ndarray) -> None:
     assert np.array_equal(q1, q2) and np.array_equal(s1, s2)
 
 
-@pytest.mark.parametrize("bad", [
-    pytest.param(lambda: torch.ones(4), id="1-D"),
-    pytest.param(lambda: torch.ones(2, 2, 2), id="3-D"),
-    pytest.param(lambda: torch.ones(2, 3, dtype=torch.int32), id="integer"),
-    pytest.param(lambda: torch.tensor([[1.0, float("inf")]]), id="inf"),
-    pytest.param(lambda: torch.tensor([[float("nan"), 1.0]]), id="nan"),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(lambda: torch.ones(4), id="1-D"),
+        pytest.param(lambda: torch.ones(2, 2, 2), id="3-D"),
+        pytest.param(lambda: torch.ones(2, 3, dtype=torch.int32), id="integer"),
+        pytest.param(lambda: torch.tensor([[1.0, float("inf")]]), id="inf"),
+        pytest.param(lambda: torch.tensor([[float("nan"), 1.0]]), id="nan"),
+    ],
+)
 def test_rejects_what_it_cannot_quantize(bad: Any) -> None:
     with pytest.raises(ValueError):
         quantize_per_channel(bad())

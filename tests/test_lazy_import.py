@@ -9,8 +9,10 @@ import pytest
 
 
 def test_plugin_import_does_not_import_torch() -> None:
-    code = ("import sys, pytest_llmquant, pytest_llmquant.plugin; "
-            "print(sorted(m for m in ('torch', 'transformers', 'hypothesis') if m in sys.modules))")
+    code = (
+        "import sys, pytest_llmquant, pytest_llmquant.plugin; "
+        "print(sorted(m for m in ('torch', 'transformers', 'hypothesis') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

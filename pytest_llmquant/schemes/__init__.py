@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 #: name -> "module:Class". Add a scheme by adding a module and a line here.
 REGISTRY: dict[str, str] = {
     "dynamic-int8": "pytest_llmquant.schemes.dynamic_int8:DynamicInt8",
+    "weight-only-int8": "pytest_llmquant.schemes.weight_only_int8:WeightOnlyInt8",
+    "smoothquant-w8a8": "pytest_llmquant.schemes.w8a8:SmoothQuantW8A8",
 }
 
 DEFAULT_SCHEME = "dynamic-int8"
@@ -28,9 +30,7 @@ def names() -> list[str]:
 
 def check_name(name: str) -> None:
     if name not in REGISTRY:
-        raise LlmqUsageError(
-            f"unknown --llmq-scheme {name!r}; valid schemes: {', '.join(names())}"
-        )
+        raise LlmqUsageError(f"unknown --llmq-scheme {name!r}; valid schemes: {', '.join(names())}")
 
 
 def get_scheme(name: str, **config: Any) -> QuantScheme:

@@ -55,15 +55,23 @@ class QuantScheme:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        return {"scheme": self.name, "version": self.version, "summary": self.summary,
-                "config": self.config}
+        return {
+            "scheme": self.name,
+            "version": self.version,
+            "summary": self.summary,
+            "config": self.config,
+        }
 
     # -- serialization -----------------------------------------------------------
-    def state_tensors(self, name: str, module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def state_tensors(
+        self, name: str, module: nn.Module
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Plain tensors (int8 weights, scales, bias) and JSON metadata for one quantized layer."""
         raise NotImplementedError
 
-    def module_from_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Module:
+    def module_from_tensors(
+        self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+    ) -> nn.Module:
         """Rebuild one quantized layer from what ``state_tensors`` returned."""
         raise NotImplementedError
 
@@ -86,7 +94,9 @@ class QuantScheme:
                 "save it with scheme.save(model, dir) or pass a transformers checkpoint"
             ) from None
         except (OSError, ValueError) as exc:
-            raise LlmqUsageError(f"{path} is not a readable recipe ({exc}); save the model again") from None
+            raise LlmqUsageError(
+                f"{path} is not a readable recipe ({exc}); save the model again"
+            ) from None
         if recipe.get("format") != FORMAT:
             raise LlmqUsageError(f"{path} is not a pytest-llmquant recipe; save the model again")
         return recipe

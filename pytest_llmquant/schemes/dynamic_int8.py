@@ -27,8 +27,10 @@ def _dynamic_linear_type() -> type:
 
 class DynamicInt8(QuantScheme):
     name = "dynamic-int8"
-    summary = ("torch.ao quantize_dynamic: per-tensor int8 weights and per-tensor dynamic int8 "
-               "activations (the seed recipe, Conv1D included)")
+    summary = (
+        "torch.ao quantize_dynamic: per-tensor int8 weights and per-tensor dynamic int8 "
+        "activations (the seed recipe, Conv1D included)"
+    )
     kld_bound = 5.0  # known to be poor on LLMs; the bound documents it, it does not excuse it
 
     def quantize(self, model: nn.Module) -> nn.Module:
@@ -40,28 +42,39 @@ class DynamicInt8(QuantScheme):
         convert_conv1d(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao eager quantization is deprecated
-            return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8,
-                                                          inplace=True)
+            return torch.ao.quantization.quantize_dynamic(
+                model, {nn.Linear}, dtype=torch.qint8, inplace=True
+            )
 
     def is_quantized_module(self, module: nn.Module) -> bool:
         return type(module) is _dynamic_linear_type()
 
-    def state_tensors(self, name: str, module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def state_tensors(
+        self, name: str, module: Any
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         weight, bias = module._packed_params._weight_bias()
         parts = {"weight_int8": weight.int_repr()}
         if bias is not None:
             parts["bias"] = bias
-        meta = {"in_features": module.in_features, "out_features": module.out_features,
-                "scale": float(weight.q_scale()), "zero_point": int(weight.q_zero_point()),
-                "bias": bias is not None}
+        meta = {
+            "in_features": module.in_features,
+            "out_features": module.out_features,
+            "scale": float(weight.q_scale()),
+            "zero_point": int(weight.q_zero_point()),
+            "bias": bias is not None,
+        }
         return parts, meta
 
-    def module_from_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Module:
+    def module_from_tensors(
+        self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+    ) -> nn.Module:
         import torch
 
-        linear = _dynamic_linear_type()(meta["in_features"], meta["out_features"],
-                                        bias_=meta["bias"], dtype=torch.qint8)
+        linear = _dynamic_linear_type()(
+            meta["in_features"], meta["out_features"], bias_=meta["bias"], dtype=torch.qint8
+        )
         weight = torch._make_per_tensor_quantized_tensor(
-            tensors["weight_int8"], meta["scale"], meta["zero_point"])
+            tensors["weight_int8"], meta["scale"], meta["zero_point"]
+        )
         linear.set_weight_bias(weight, tensors.get("bias"))
         return linear

@@ -30,7 +30,7 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def save_int8(scheme: QuantScheme, model: nn.Module, directory: Path) -> None:
+def save_int8(scheme: QuantScheme, model: Any, directory: Path) -> None:
     from safetensors.torch import save_file
 
     quantized = {n: m for n, m in model.named_modules() if n and scheme.is_quantized_module(m)}
@@ -58,8 +58,13 @@ def save_int8(scheme: QuantScheme, model: nn.Module, directory: Path) -> None:
             tensors[f"{name}.{k}"] = t.detach().contiguous().cpu()
         layers[name] = meta
     recipe = {
-        "format": FORMAT, "scheme": scheme.name, "scheme_version": scheme.version,
-        "config": scheme.config, "layers": layers, "tied": tied, "versions": _versions(),
+        "format": FORMAT,
+        "scheme": scheme.name,
+        "scheme_version": scheme.version,
+        "config": scheme.config,
+        "layers": layers,
+        "tied": tied,
+        "versions": _versions(),
     }
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(directory)
@@ -93,15 +98,23 @@ def load_int8(scheme: QuantScheme, directory: Path, *, device: str = "cpu") -> n
     try:
         tensors = load_file(str(directory / WEIGHTS_FILE))
     except (SafetensorError, OSError) as exc:
-        raise LlmqUsageError(f"{directory / WEIGHTS_FILE} is unreadable ({exc}); save the model again") from None
+        raise LlmqUsageError(
+            f"{directory / WEIGHTS_FILE} is unreadable ({exc}); save the model again"
+        ) from None
     config = AutoConfig.from_pretrained(directory)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     convert_conv1d(model)
-    float_tensors = {k: v for k, v in tensors.items()
-                     if not k.startswith(tuple(n + "." for n in recipe["layers"]))}
+    float_tensors = {
+        k: v
+        for k, v in tensors.items()
+        if not k.startswith(tuple(n + "." for n in recipe["layers"]))
+    }
     result = model.load_state_dict(float_tensors, strict=False)
-    missing = [k for k in result.missing_keys if k not in recipe["tied"]
-               and not k.startswith(tuple(n + "." for n in recipe["layers"]))]
+    missing = [
+        k
+        for k in result.missing_keys
+        if k not in recipe["tied"] and not k.startswith(tuple(n + "." for n in recipe["layers"]))
+    ]
     if missing or result.unexpected_keys:
         raise LlmqUsageError(
             f"{directory} does not match its config (missing {missing[:3]}, unexpected "
@@ -109,12 +122,13 @@ def load_int8(scheme: QuantScheme, directory: Path, *, device: str = "cpu") -> n
         )
     for name, meta in recipe["layers"].items():
         prefix = name + "."
-        parts = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        parts = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         set_submodule(model, name, scheme.module_from_tensors(parts, meta))
     for alias, source in recipe["tied"].items():
         if alias in result.missing_keys:  # alias of a tensor we stored once
             owner, _, attr = alias.rpartition(".")
             src_owner, _, src_attr = source.rpartition(".")
-            setattr(model.get_submodule(owner), attr,
-                    getattr(model.get_submodule(src_owner), src_attr))
+            setattr(
+                model.get_submodule(owner), attr, getattr(model.get_submodule(src_owner), src_attr)
+            )
     return model.to(device).eval()

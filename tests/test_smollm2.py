@@ -1,0 +1,56 @@
+"""End to end on the packaged SmolLM2-135M (a real pretrained Llama, from a GGUF file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_int8_generates_real_text_with_every_linear_quantized(
+    pytester: pytest.Pytester, smollm2_available: None, shared_cache_dir: Path
+) -> None:
+    pytester.makepyfile("""
+        import torch
+
+        def test_generate(llmq_pair):
+            tok, model = llmq_pair.tokenizer, llmq_pair.int8
+            ids = tok("The capital of France is", return_tensors="pt")
+            out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+            text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+            print("INT8 SAYS:", repr(text))
+            assert "Paris" in text
+            assert llmq_pair.coverage.total == 211 and llmq_pair.coverage.complete
+    """)
+    result = pytester.runpytest_inprocess(
+        "--llmq-model=smollm2-135m",
+        f"--llmq-cache-dir={shared_cache_dir}",
+        "-s",
+        "-p",
+        "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["*smollm2-135m [[]dynamic-int8]: quantized 211 of 211 linear layers"]
+    )
+
+
+def test_second_session_loads_from_the_cache(
+    pytester: pytest.Pytester, smollm2_available: None, cache_dir: Path
+) -> None:
+    pytester.makepyfile("def test_load(fp32_model):\n    assert not fp32_model.training\n")
+    args = ("--llmq-model=smollm2-135m", f"--llmq-cache-dir={cache_dir}", "-p", "no:cacheprovider")
+    cold = pytester.runpytest_inprocess(*args)
+    cold.assert_outcomes(passed=1)
+    cold.stdout.fnmatch_lines(
+        ["smollm2-135m: FP32 loaded in * s (converted to FP32 safetensors and cached)"]
+    )
+    warm = pytester.runpytest_inprocess(*args)
+    warm.assert_outcomes(passed=1)
+    warm.stdout.fnmatch_lines(["smollm2-135m: FP32 loaded in * s (FP32 weights from the cache)"])
+    [entry] = [p for p in (cache_dir / "fp32").iterdir() if p.is_dir()]
+    assert sorted(p.name for p in entry.iterdir() if p.suffix == ".safetensors") == [
+        "model.safetensors"
+    ]
