@@ -1,0 +1,203 @@
+"""Child process of the ``peak_rss`` memory kind: load a model, generate, report RSS.
+
+Run as ``python -m pytest_llmquant.memory_probe '{"mode": "fp32", "model": "gpt2"}'``.
+It prints one line, ``LLMQ-PROBE {json}``, with sizes in bytes:
+
+- ``peak_bytes``: the peak RSS of the whole process (imports, load, generate);
+- ``loaded_bytes``: RSS once the model is ready (for INT8: after the FP32 model it
+  was built from is freed);
+- ``serve_peak_bytes``: the peak RSS from that moment through generating 8 tokens
+  greedily, i.e. what serving the model costs (``None`` where the high-water mark
+  cannot be reset);
+- ``ru_maxrss_bytes``: ``getrusage(RUSAGE_SELF).ru_maxrss``, for reference only.
+
+Why not ``ru_maxrss`` alone: on Linux, ``exec`` carries the parent's peak into the
+child's ``ru_maxrss`` (the kernel folds the old address space's high-water mark into
+the process's ``maxrss``), so a probe started from a pytest process that holds two
+models reports the *pytest* process's peak. ``VmHWM`` in ``/proc/self/status`` belongs
+to the new address space only, and writing ``5`` to ``/proc/self/clear_refs`` resets
+it, which is how the serve phase is measured apart from loading.
+
+Modes: ``fp32`` (``loading.load_fp32``), ``int8`` (``load_fp32`` then
+``loading.build_int8``, then the FP32 model is deleted), and ``baseline``: the same
+imports, the same tokenizer and config, the model class built on the meta device (no
+weights) and one small matmul to start torch's thread pool. Subtracting the baseline
+leaves the memory of the weights and of generating with them.
+
+Errors print ``{"error": ..., "error_kind": "usage" | "model"}`` and exit with 2.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import resource
+import sys
+from typing import Any
+
+from .errors import LlmqError, LlmqUsageError
+from .memory import PROBE_MARK
+
+PROMPT = "The capital of France is"
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def hwm_bytes() -> int | None:
+    kib = _status_kib("VmHWM")
+    return None if kib is None else kib * 1024
+
+
+def rss_bytes() -> int | None:
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def ru_maxrss_bytes() -> int:
+    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(value) if sys.platform == "darwin" else int(value) * 1024  # Linux: KiB
+
+
+def reset_hwm() -> bool:
+    """Reset the peak-RSS mark to the current RSS (Linux >= 4.0); False where impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _baseline(args: dict[str, Any]) -> dict[str, Any]:
+    """Everything a model probe does, except holding weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from . import loading  # noqa: F401  (the model probes import it too)
+
+    scope = "imports"
+    model = args.get("model")
+    if model:
+        try:
+            from .sources import resolve
+
+            source = resolve(model)
+            if source.kind != "gguf":
+                trust = bool(args.get("trust_remote_code", False))
+                config = AutoConfig.from_pretrained(source.location, trust_remote_code=trust)
+                tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust)
+                with torch.device("meta"):
+                    AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+                tokenizer(PROMPT, return_tensors="pt")
+                scope = "imports + tokenizer + model code (no weights)"
+        except Exception:  # the baseline must not fail where the model probe would not
+            scope = "imports"
+    a = torch.randn(64, 64)
+    (a @ a).sum().item()
+    return {"baseline_scope": scope}
+
+
+def _model(args: dict[str, Any], mode: str) -> tuple[Any, Any, dict[str, Any]]:
+    from .loading import build_int8, load_fp32
+
+    device = str(args.get("device", "cpu"))
+    model, tokenizer = load_fp32(
+        str(args["model"]),
+        cache_dir=args.get("cache_dir"),
+        device=device,
+        trust_remote_code=bool(args.get("trust_remote_code", False)),
+    )
+    extra: dict[str, Any] = {}
+    if mode == "int8":
+        from .schemes import DEFAULT_SCHEME
+
+        scheme = str(args.get("scheme") or DEFAULT_SCHEME)
+        extra["fp32_loaded_bytes"] = rss_bytes()
+        int8_model, coverage = build_int8(model, scheme, device=device)
+        extra["scheme"] = scheme
+        extra["coverage"] = str(coverage)
+        del model
+        gc.collect()
+        model = int8_model
+    return model, tokenizer, extra
+
+
+def run(args: dict[str, Any]) -> dict[str, Any]:
+    mode = args.get("mode")
+    if mode not in ("fp32", "int8", "baseline"):
+        raise LlmqUsageError(f"memory probe mode {mode!r}: use fp32, int8 or baseline")
+    import torch
+
+    if args.get("threads"):
+        torch.set_num_threads(int(args["threads"]))
+    report: dict[str, Any] = {"mode": mode}
+    if mode == "baseline":
+        report.update(_baseline(args))
+        loaded, serve = rss_bytes(), None
+        peak = hwm_bytes()
+    else:
+        model, tokenizer, extra = _model(args, mode)
+        report.update(extra)
+        gc.collect()
+        load_peak = hwm_bytes()
+        loaded = rss_bytes()
+        can_reset = reset_hwm()
+        new_tokens = int(args.get("new_tokens", 8))
+        inputs = tokenizer(PROMPT, return_tensors="pt").to(model.device)
+        with torch.inference_mode():
+            out = model.generate(
+                **inputs,
+                do_sample=False,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        report["generated_tokens"] = int(out.shape[1] - inputs["input_ids"].shape[1])
+        after = hwm_bytes()
+        serve = after if can_reset else None
+        peak = None if load_peak is None or after is None else max(load_peak, after)
+        report["load_peak_bytes"] = load_peak
+    ru = ru_maxrss_bytes()
+    report.update(
+        {
+            "peak_bytes": peak if peak is not None else ru,
+            "loaded_bytes": loaded,
+            "serve_peak_bytes": serve,
+            "ru_maxrss_bytes": ru,
+            "source": "VmHWM" if peak is not None else "ru_maxrss",
+        }
+    )
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if len(argv) != 1:
+            raise LlmqUsageError("usage: python -m pytest_llmquant.memory_probe '<json args>'")
+        try:
+            args = json.loads(argv[0])
+        except ValueError as exc:
+            raise LlmqUsageError(f"memory probe arguments are not JSON ({exc})") from None
+        if not isinstance(args, dict):
+            raise LlmqUsageError("memory probe arguments must be a JSON object")
+        report = run(args)
+    except LlmqError as exc:
+        kind = "usage" if isinstance(exc, LlmqUsageError) else "model"
+        print(PROBE_MARK + json.dumps({"error": str(exc), "error_kind": kind}), flush=True)
+        return 2
+    print(PROBE_MARK + json.dumps(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
