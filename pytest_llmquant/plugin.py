@@ -178,6 +178,34 @@ def llmq_pair(
     )
 
 
+@pytest.fixture
+def llmq_benchmark(benchmark: Any, llmq_pair: ModelPair, llmq_session: LlmqSession) -> Any:
+    """Record FP32 or INT8 generation in pytest-benchmark: ``llmq_benchmark.run("int8")``.
+    Group = model, extra_info = model, scheme, threads, ms/token, tokens/s, speedup, versions."""
+    from .benchmark import LlmqBenchmark
+
+    return LlmqBenchmark(benchmark, llmq_pair, llmq_session,
+                         options.get(llmq_session.config, "llmq_new_tokens"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    """``--llmq-suite`` adds the built-in checks, even when there are no user tests."""
+    if options.get(config, "llmq_suite"):
+        from .suite import collect_suite
+
+        items.extend(collect_suite(session))
+
+
+def in_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+XDIST_TIMING = ("timing gates do not run under xdist: parallel workers share the CPU and "
+                "distort the timings; run them without -n")
+
+
 # -- gates ---------------------------------------------------------------------------------
 
 
@@ -194,8 +222,11 @@ def pytest_runtest_makereport(
         return report
     session = get_session(item.config)
     pair = getattr(item, "funcargs", {}).get("llmq_pair")
-    failures = []
+    failures, skips = [], []
     for mark in reversed(marks):  # in the order they are written, top to bottom
+        if mark.name == "quant_speedup" and in_xdist_worker(item.config):
+            skips.append(XDIST_TIMING)
+            continue
         try:
             result = MARKERS[mark.name](*mark.args, **mark.kwargs, pair=pair, session=session)
         except LlmqError as exc:
@@ -212,6 +243,10 @@ def pytest_runtest_makereport(
     if failures:
         report.outcome = "failed"
         report.longrepr = "\n\n".join(failures)
+    elif skips:
+        path, lineno, _ = item.reportinfo()
+        report.outcome = "skipped"
+        report.longrepr = (str(path), (lineno or 0) + 1, f"Skipped: {skips[0]}")
     return report
 
 

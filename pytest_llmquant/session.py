@@ -67,6 +67,7 @@ class LlmqSession:
     coverages: dict[str, Coverage] = field(default_factory=dict)
     results: list[Any] = field(default_factory=list)  # GateResult, in run order
     measurements: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    benchmark_medians: dict[tuple[str, str, str], float] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> LlmqSession:

@@ -54,3 +54,25 @@ def test_second_session_loads_from_the_cache(
     assert sorted(p.name for p in entry.iterdir() if p.suffix == ".safetensors") == [
         "model.safetensors"
     ]
+
+
+def test_default_similarity_gate_catches_the_seed_recipe(
+    pytester: pytest.Pytester, smollm2_available: None, shared_cache_dir: Path
+) -> None:
+    """The seed's quantize_dynamic is faster, but the default quality gate fails it, and says why."""
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.quant_similarity()
+        def test_quality(llmq_pair):
+            pass
+    """)
+    result = pytester.runpytest_inprocess(
+        "--llmq-model=smollm2-135m", "--llmq-scheme=dynamic-int8",
+        f"--llmq-cache-dir={shared_cache_dir}", "-p", "no:cacheprovider",
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*quant_similarity failed for smollm2-135m [[]dynamic-int8]: mean KLD * ± * > 0.01; "
+        "same-top * ± * < 0.95; PPL * → * (ratio * > 1.02) (over 2048 tokens)",
+    ])
