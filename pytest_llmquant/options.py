@@ -1,8 +1,9 @@
 """Every setting of the plugin, declared once.
 
-Each setting is a CLI flag and an ini key with the same name (``--llmq-model``
-and ``llmq_model``). Precedence, highest first: marker argument (for gate
-thresholds), CLI flag, ini key, built-in default. This mirrors pytest-timeout so
+Each setting is a CLI flag, an environment variable and an ini key with the same
+name (``--llmq-model``, ``PYTEST_LLMQ_MODEL``, ``llmq_model``). Precedence, highest
+first: marker argument (for gate thresholds), CLI flag, environment, ini key,
+built-in default. This mirrors pytest-timeout so
 that users can pin a value in ``pyproject.toml`` and override it for one run.
 """
 
@@ -36,6 +37,11 @@ class Option:
     @property
     def cli(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        """Environment variable between CLI and ini, e.g. PYTEST_LLMQ_THREADS (as pytest-timeout)."""
+        return "PYTEST_" + self.name.upper()
 
 
 def _positive_int(text: str) -> int:
@@ -201,12 +207,16 @@ def get(config: pytest.Config, name: str) -> Any:
     raw: Any = config.getoption(name, default=None)
     source = opt.cli
     if raw is None or (opt.multiple and not raw):
+        env = os.environ.get(opt.env)
+        if env:
+            raw, source = ([env] if opt.multiple else env), f"${opt.env}"
+    if raw is None or (opt.multiple and not raw):
         raw = config.getini(name)
         source = f"ini key {name}"
         if raw in (None, "", []) or (opt.flag and raw == opt.default):
             return list(opt.default) if opt.multiple and opt.default is not None else opt.default
     if opt.flag:
-        return bool(raw)
+        return raw.strip().lower() in ("1", "true", "yes", "on") if isinstance(raw, str) else bool(raw)
     if opt.multiple:
         # models may legitimately contain commas only in odd paths; schemes never do
         return (

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,10 @@ def _keep_libraries(self, preserve=None):  # type: ignore[no-untyped-def]
 
 
 _pytest.pytester.SysModulesSnapshot.__init__ = _keep_libraries  # type: ignore[method-assign]
+
+# One torch thread per test process: CI runs the tests with -n 2 on 2 cores, and
+# oversubscribed OpenMP threads make every model run many times slower.
+os.environ.setdefault("PYTEST_LLMQ_THREADS", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -1,0 +1,70 @@
+"""pytest-benchmark records FP32 and INT8 generation, and --benchmark-compare-fail catches
+an INT8 slowdown. The slowdown is real extra work in the INT8 forward (LLMQ_TEST_SLOWDOWN)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = """
+def test_generate_fp32(llmq_benchmark):
+    llmq_benchmark.run("fp32")
+
+def test_generate_int8(llmq_benchmark):
+    llmq_benchmark.run("int8")
+"""
+# Two back-to-back runs of a 0.6 MB model on a shared 2-core runner differ by tens of
+# percent; the injected slowdown (0.1 s per INT8 forward, 9 forwards) is many times the
+# generation itself, so a 50% bar separates them with margin. On a real model the
+# README's recipe uses median:10%.
+FAIL_AT = "--benchmark-compare-fail=median:50%"
+
+
+def run(pytester: pytest.Pytester, model: Path, storage: Path, *args: str) -> pytest.RunResult:
+    """A real subprocess: the exit code is what CI would see."""
+    return pytester.runpytest_subprocess(
+        f"--llmq-model={model}", f"--benchmark-storage=file://{storage}", "-p", "no:cacheprovider",
+        "--llmq-new-tokens=8", *args,
+    )
+
+
+@pytest.fixture
+def saved(pytester: pytest.Pytester, tiny_gpt2_dir: Path, tmp_path: Path) -> Path:
+    pytester.makepyfile(BENCH)
+    storage = tmp_path / "bench"
+    run(pytester, tiny_gpt2_dir, storage, "--benchmark-autosave").assert_outcomes(passed=2)
+    return storage
+
+
+def test_entries_carry_the_extra_info(saved: Path) -> None:
+    [saved_file] = list(saved.rglob("*.json"))
+    data = json.loads(saved_file.read_text())
+    by_name = {b["name"].split("[")[0]: b for b in data["benchmarks"]}
+    assert set(by_name) == {"test_generate_fp32", "test_generate_int8"}
+    info = by_name["test_generate_int8"]["extra_info"]
+    assert info["scheme"] == "dynamic-int8" and info["precision"] == "int8"
+    assert info["new_tokens"] == 8 and info["ms_per_token"] > 0 and info["tokens_per_s"] > 0
+    assert info["speedup"] > 0 and info["coverage"] == "quantized 9 of 9 linear layers"
+    assert {"torch", "transformers", "threads", "device", "model"} <= set(info)
+    assert by_name["test_generate_fp32"]["group"] == by_name["test_generate_int8"]["group"]
+
+
+def test_compare_passes_without_a_slowdown(pytester: pytest.Pytester, tiny_gpt2_dir: Path,
+                                           saved: Path) -> None:
+    result = run(pytester, tiny_gpt2_dir, saved, "--benchmark-compare", FAIL_AT)
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == 0, output
+    assert "Performance has regressed" not in output
+
+
+def test_compare_fails_when_int8_became_slower(pytester: pytest.Pytester, tiny_gpt2_dir: Path,
+                                               saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMQ_TEST_SLOWDOWN", "0.1")  # 100 ms of real work per INT8 forward
+    result = run(pytester, tiny_gpt2_dir, saved, "--benchmark-compare", FAIL_AT)
+    assert result.ret != 0
+    lines = result.stdout.lines + result.stderr.lines
+    regressed = [line for line in lines if "has failed PercentageRegressionCheck" in line]
+    assert any("Performance has regressed" in line for line in lines)
+    assert regressed and all("test_generate_int8" in line for line in regressed), regressed

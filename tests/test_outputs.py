@@ -1,0 +1,619 @@
+"""JSON report, Markdown summary, quality baselines and the plot, on fabricated results.
+
+The outputs are pure functions of the session's GateResults, so these tests build the
+results with the real verdict functions from small fake measurements: every message and
+file format is checked without loading a model (or importing torch).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pytest_llmquant import outputs
+from pytest_llmquant.errors import LlmqUsageError
+from pytest_llmquant.layers import Coverage
+from pytest_llmquant.verdicts import memory_verdict, similarity_verdict, speedup_verdict
+
+PAIR = "smollm2-135m [dynamic-int8]"
+OTHER = "tiny-gpt2 [weight-only-int8]"
+
+
+# -- fabricated measurements ---------------------------------------------------------------
+
+
+def similarity(pair: str = PAIR, *, mean_kld: float = 0.0041, same_top: float = 0.97,
+               ppl_ratio: float = 1.008, max_kl: float = 0.01) -> Any:  # fmt: skip
+    r = SimpleNamespace(
+        n_tokens=512,
+        mean_kld=mean_kld,
+        kld_se=0.0003,
+        p99_kld=0.03,
+        max_kld=0.2,
+        same_top=same_top,
+        same_top_se=0.005,
+        ppl_fp32=12.0,
+        ppl_int8=12.0 * ppl_ratio,
+        ppl_ratio=ppl_ratio,
+        ppl_ratio_se=0.001,
+        rms_dp=0.012,
+        rms_dp_se=math.nan,  # a non-finite value must not break strict JSON
+        greedy_match=None,
+    )
+    return similarity_verdict(r, pair, max_kl=max_kl, min_same_top=0.9, max_ppl_ratio=1.05)
+
+
+def speedup(pair: str = PAIR, *, point: float = 2.0, low: float = 1.8, high: float = 2.2,
+            n_pairs: int = 12, threshold: float = 1.0) -> Any:  # fmt: skip
+    r = SimpleNamespace(
+        verdict="pass" if point >= threshold else "fail",
+        speedup=point,
+        ci_low=low,
+        ci_high=high,
+        confidence=0.99,
+        close=False,
+        rule="interval clear of the threshold",
+        threshold=threshold,
+        n_pairs=n_pairs,
+        fp32_ms_per_token=20.0,
+        int8_ms_per_token=20.0 / point,
+        fp32_tokens_per_s=50.0,
+        int8_tokens_per_s=50.0 * point,
+        threads=2,
+        fp32_samples=[0.020, 0.021, 0.019],
+        int8_samples=[0.010, 0.011, 0.0105],
+    )
+    return speedup_verdict(r, pair, min_speedup=threshold)
+
+
+def memory(pair: str = PAIR, *, ratio: float = 3.8, kind: str = "weights") -> Any:
+    r = SimpleNamespace(
+        kind=kind,
+        fp32_bytes=int(380e6),
+        int8_bytes=int(380e6 / ratio),
+        ratio=ratio,
+        kept_float=None,
+        note="",
+    )
+    return memory_verdict(r, pair, min_ratio=2.0)
+
+
+def fake_session(results: list[Any], config: Any = None, **extra: Any) -> SimpleNamespace:
+    pairs = dict.fromkeys(r.pair for r in results)
+    return SimpleNamespace(
+        results=results,
+        coverages={p: Coverage(quantized=["a", "b", "c"], kept_float=["lm_head"]) for p in pairs},
+        threads=2,
+        device="cpu",
+        schemes=["dynamic-int8"],
+        config=config,
+        load_times={},
+        **extra,
+    )
+
+
+def fake_config(**opts: Any) -> SimpleNamespace:
+    """Enough of pytest.Config for options.get: CLI values from ``opts``, no ini file."""
+    return SimpleNamespace(
+        getoption=lambda name, default=None: opts.get(name), getini=lambda name: None
+    )
+
+
+class Terminal:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write_line(self, line: str, **markup: bool) -> None:
+        self.lines.append(line)
+
+
+def all_three(pair: str = PAIR, **kw: Any) -> list[Any]:
+    return [similarity(pair), speedup(pair), memory(pair)]
+
+
+# -- JSON report -------------------------------------------------------------------------------
+
+
+def test_report_has_every_pair_and_gate_in_strict_json() -> None:
+    results = all_three(PAIR) + [similarity(OTHER, mean_kld=0.5)]
+    data = outputs.report_dict(fake_session(results))
+    data = json.loads(json.dumps(data, allow_nan=False))  # strict JSON round trip
+    assert data["schema_version"] == 1
+    assert data["created"].endswith("+00:00")
+    assert set(data["versions"]) >= {"python", "pytest", "pytest-llmquant"}
+    assert data["settings"] == {
+        "threads": 2,
+        "device": "cpu",
+        "schemes": ["dynamic-int8"],
+        "models": [],
+    }
+    assert list(data["pairs"]) == [PAIR, OTHER]
+    assert data["passed"] is False
+    assert data["counts"] == {"gates": 4, "failed": 1}
+    pair = data["pairs"][PAIR]
+    assert pair["coverage"] == {"quantized": 3, "total": 4, "kept_float": ["lm_head"]}
+    assert [g["gate"] for g in pair["gates"]] == [
+        "quant_similarity",
+        "quant_speedup",
+        "quant_memory",
+    ]
+    sim = pair["gates"][0]
+    assert sim["verdict"] == "pass" and pair["gates"][1]["verdict"] == "pass"
+    assert data["pairs"][OTHER]["gates"][0]["verdict"] == "fail"
+    assert sim["passed"] is True and sim["message"].startswith("quant_similarity passed for")
+    assert sim["measurement"]["mean_kld"] == 0.0041
+    assert sim["measurement"]["rms_dp_se"] is None  # NaN became null
+    assert sim["thresholds"] == {"max_kl": 0.01, "min_same_top": 0.9, "max_ppl_ratio": 1.05}
+    assert sim["rows"][0]["metric"] == "mean KLD" and sim["rows"][0]["verdict"] == "ok"
+    assert pair["gates"][1]["measurement"]["fp32_samples"] == [0.020, 0.021, 0.019]
+    assert data["pairs"][OTHER]["passed"] is False
+    assert data["pairs"][OTHER]["gates"][0]["rows"][0]["verdict"] == "FAIL"
+
+
+def test_strict_json_replaces_non_finite_and_odd_types() -> None:
+    value = {"a": math.inf, "b": (1, -math.inf), 3: {math.nan}, "c": Path("x")}
+    assert outputs.strict_json(value) == {"a": None, "b": [1, None], "3": [None], "c": "x"}
+
+
+def test_write_json_report_is_atomic_and_readable(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "report.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    written = outputs.write_json_report(fake_session(all_three()), target)
+    assert written == target
+    assert json.loads(target.read_text())["pairs"][PAIR]["passed"] is True
+    assert [p.name for p in target.parent.iterdir()] == ["report.json"]  # no temp file left
+
+
+def test_versions_read_torch_only_when_already_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.setitem(sys.modules, "transformers", SimpleNamespace(__version__="9.9"))
+    found = outputs.versions()
+    assert "torch" not in found
+    assert found["transformers"] == "9.9"
+    assert "torch" not in sys.modules  # and it did not import it either
+
+
+# -- Markdown ----------------------------------------------------------------------------------
+
+
+def test_markdown_has_a_table_per_pair_coverage_and_verdict() -> None:
+    results = all_three(PAIR) + [similarity(OTHER, mean_kld=0.5)]
+    text = outputs.markdown_summary(fake_session(results))
+    lines = text.splitlines()
+    assert lines[0] == "## pytest-llmquant"
+    assert "2 threads, device cpu, schemes: dynamic-int8" in lines
+    assert f"### {PAIR}" in lines and f"### {OTHER}" in lines
+    assert "Coverage: quantized 3 of 4 linear layers (FP32: lm_head)" in lines
+    assert lines.count("| metric | FP32 | INT8 | ratio | threshold | verdict |") == 2
+    assert "| mean KLD |  | 0.0041 ± 0.0003 |  | ≤ 0.01 | ✅ ok |" in lines
+    assert "| perplexity | 12.000 | 12.096 | 1.008 | ≤ 1.05 | ✅ ok |" in lines
+    assert "| ms/token | 20.00 | 10.00 | 2.00x | ≥ 1x | ✅ ok |" in lines
+    assert "| memory (weights) | 380.0 MB | 100.0 MB | 3.80x | ≥ 2x | ✅ ok |" in lines
+    assert "| mean KLD |  | 0.5 ± 0.0003 |  | ≤ 0.01 | ❌ **FAIL** |" in lines
+    assert any(line.startswith(f"> quant_similarity failed for {OTHER}") for line in lines)
+    assert lines[-1] == (
+        f"**❌ pytest-llmquant: 1 of 4 gates FAILED on 2 pairs ({OTHER}: quant_similarity)**"
+    )
+
+
+def test_markdown_verdict_when_all_pass() -> None:
+    text = outputs.markdown_summary(fake_session(all_three()))
+    assert text.splitlines()[-1] == "**✅ pytest-llmquant: all 3 gates passed on 1 pair**"
+
+
+def test_markdown_goes_to_the_option_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    summary = tmp_path / "step.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    target = tmp_path / "summary.md"
+    target.write_text("stale\n")
+    session = fake_session(all_three(), config=fake_config(llmq_report_md=str(target)))
+    assert outputs.write_markdown(session, session.config) == (target, False)
+    assert target.read_text() == outputs.markdown_summary(session)  # replaced, not appended
+    assert not summary.exists()  # the option wins over the step summary
+
+
+def test_markdown_appends_to_github_step_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = tmp_path / "step.md"
+    summary.write_text("# earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    session = fake_session(all_three(), config=fake_config())
+    assert outputs.write_markdown(session, session.config) == (summary, True)
+    assert outputs.write_markdown(session, session.config) == (summary, True)
+    text = summary.read_text()
+    assert text.startswith("# earlier step\n\n## pytest-llmquant\n")
+    assert text.count("## pytest-llmquant") == 2
+
+
+def test_markdown_writes_nothing_without_target_or_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    assert outputs.write_markdown(fake_session(all_three()), fake_config()) is None
+    summary = tmp_path / "step.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    assert outputs.write_markdown(fake_session([]), fake_config()) is None
+    assert not summary.exists()
+
+
+# -- baselines ----------------------------------------------------------------------------------
+
+
+def test_baseline_dict_holds_only_measured_metrics() -> None:
+    data = outputs.baseline_dict(
+        fake_session(all_three(PAIR) + [similarity(OTHER), memory(OTHER, kind="peak_rss")])
+    )
+    assert data["schema_version"] == 1
+    assert data["pairs"][PAIR] == {
+        "mean_kld": 0.0041,
+        "same_top": 0.97,
+        "ppl_ratio": 1.008,
+        "speedup": 2.0,
+        "speedup_ci_low": 1.8,
+        "speedup_ci_high": 2.2,
+        "memory_ratio": 3.8,
+    }
+    assert data["pairs"][OTHER] == {
+        "mean_kld": 0.0041,
+        "same_top": 0.97,
+        "ppl_ratio": 1.008,
+        "memory_ratio_peak_rss": 3.8,
+    }
+
+
+def test_baseline_keeps_the_speedup_with_the_most_pairs() -> None:
+    results = [speedup(point=1.9, n_pairs=40), speedup(point=2.5, n_pairs=6, threshold=1.2)]
+    assert outputs.baseline_dict(fake_session(results))["pairs"][PAIR]["speedup"] == 1.9
+
+
+def saved(tmp_path: Path, results: list[Any]) -> dict[str, Any]:
+    path = tmp_path / "baseline.json"
+    outputs.write_baseline(fake_session(results), path)
+    return outputs.load_baseline(path)
+
+
+def test_same_numbers_do_not_regress(tmp_path: Path) -> None:
+    baseline = saved(tmp_path, all_three())
+    notes: list[str] = []
+    assert outputs.compare_to_baseline(fake_session(all_three()), baseline, notes=notes) == []
+    assert notes == []
+
+
+def test_kld_worse_beyond_tolerance_regresses(tmp_path: Path) -> None:
+    baseline = saved(tmp_path, all_three())
+    worse = fake_session([similarity(mean_kld=0.0093), speedup(), memory()])
+    assert outputs.compare_to_baseline(worse, baseline) == [
+        f"{PAIR}: mean KLD regressed 0.0041 → 0.0093 "
+        "(tolerance +25% relative + 0.001 absolute, limit 0.00613)"
+    ]
+
+
+def test_kld_worse_within_tolerance_passes(tmp_path: Path) -> None:
+    baseline = saved(tmp_path, all_three())
+    # 0.0041 * 1.25 + 0.001 = 0.006125: a 49% rise of a tiny KLD is within the noise
+    slightly = fake_session([similarity(mean_kld=0.0061)])
+    assert outputs.compare_to_baseline(slightly, baseline) == []
+
+
+def test_speedup_regresses_only_when_the_whole_interval_is_below(tmp_path: Path) -> None:
+    baseline = saved(tmp_path, all_three())  # speedup 2.0: the limit is 1.8
+    below = fake_session([speedup(point=1.5, low=1.4, high=1.7)])
+    assert outputs.compare_to_baseline(below, baseline) == [
+        f"{PAIR}: speedup regressed 2.00x → 1.50x "
+        "(99% CI 1.40–1.70, high end below the limit 1.80x; tolerance -10% relative)"
+    ]
+    overlapping = fake_session([speedup(point=1.5, low=1.2, high=1.9)])  # point low, CI not
+    assert outputs.compare_to_baseline(overlapping, baseline) == []
+
+
+def test_speedup_without_an_upper_bound_is_a_note(tmp_path: Path) -> None:
+    baseline = saved(tmp_path, [speedup()])
+    too_few = fake_session([speedup(point=1.2, low=0.0, high=math.inf, n_pairs=3)])
+    notes: list[str] = []
+    assert outputs.compare_to_baseline(too_few, baseline, notes=notes) == []
+    assert notes == [
+        f"{PAIR}: speedup 2.00x → 1.20x has no upper confidence bound (too few timed "
+        "pairs), not compared"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("result", "message"),
+    [
+        (
+            similarity(same_top=0.95),
+            "same-top-1 regressed 0.970 → 0.950 (tolerance -0.01 absolute, limit 0.960)",
+        ),
+        (
+            similarity(ppl_ratio=1.02),
+            "PPL ratio regressed 1.0080 → 1.0200 (tolerance +0.01 absolute, limit 1.0180)",
+        ),
+        (
+            memory(ratio=3.5),
+            "memory ratio (weights) regressed 3.80x → 3.50x (tolerance -5% relative, limit 3.61x)",
+        ),
+    ],
+)
+def test_other_metrics_regress_with_exact_messages(
+    tmp_path: Path, result: Any, message: str
+) -> None:
+    baseline = saved(tmp_path, all_three())
+    assert outputs.compare_to_baseline(fake_session([result]), baseline) == [f"{PAIR}: {message}"]
+
+
+def test_improvements_never_regress(tmp_path: Path) -> None:
+    baseline = saved(tmp_path, all_three())
+    better = fake_session(
+        [
+            similarity(mean_kld=0.0001, same_top=1.0, ppl_ratio=1.0),
+            speedup(point=3, low=2.5, high=3.5),
+            memory(ratio=4),
+        ]
+    )
+    assert outputs.compare_to_baseline(better, baseline) == []
+
+
+def test_missing_pairs_and_metrics_are_notes_not_regressions(tmp_path: Path) -> None:
+    baseline = saved(tmp_path, [similarity(PAIR), similarity("gone [dynamic-int8]")])
+    now = fake_session([similarity(PAIR, mean_kld=0.0042), speedup(PAIR), memory(OTHER, ratio=1)])
+    notes: list[str] = []
+    assert outputs.compare_to_baseline(now, baseline, notes=notes) == []
+    assert notes == [
+        f"{PAIR}: speedup not in the baseline, not compared",
+        f"{OTHER}: not in the baseline, nothing to compare",
+        "gone [dynamic-int8]: in the baseline but not measured in this run",
+    ]
+
+
+def test_tolerances_are_configurable(tmp_path: Path) -> None:
+    baseline = saved(tmp_path, all_three())
+    worse = fake_session([similarity(mean_kld=0.0093)])
+    assert outputs.compare_to_baseline(worse, baseline, {"mean_kld": {"rel": 2.0}}) == []
+    assert outputs.compare_to_baseline(worse, baseline, {"mean_kld": {"abs": 0.0}}) == [
+        f"{PAIR}: mean KLD regressed 0.0041 → 0.0093 (tolerance +25% relative, limit 0.00513)"
+    ]
+    with pytest.raises(LlmqUsageError, match="unknown baseline tolerance metric 'kl'"):
+        outputs.compare_to_baseline(worse, baseline, {"kl": {"rel": 1.0}})
+    with pytest.raises(LlmqUsageError, match=r"mean_kld\.rel=-1"):
+        outputs.compare_to_baseline(worse, baseline, {"mean_kld": {"rel": -1}})
+
+
+def test_changed_torch_version_is_noted() -> None:
+    old = {"versions": {"torch": "2.4.0"}, "pairs": {}}
+    new = {"versions": {"torch": "2.13.0"}, "pairs": {}}
+    assert outputs.compare_baselines(old, new) == (
+        [],
+        ["baseline made with torch 2.4.0, this run uses 2.13.0"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "baseline file {p} does not exist; create it with --llmq-save-baseline={p} on a good run"),
+        ("{not json", "baseline file {p} is not valid JSON (line 1: Expecting property name enclosed in double quotes); re-create it with --llmq-save-baseline={p} on a good run"),
+        ('{"schema_version": 7, "pairs": {}}', "baseline file {p} is not a pytest-llmquant baseline (schema_version 7, expected 1); re-create it with --llmq-save-baseline={p} on a good run"),
+        ("[1, 2]", "baseline file {p} is not a pytest-llmquant baseline (not a JSON object); re-create it with --llmq-save-baseline={p} on a good run"),
+        ('{"schema_version": 1, "pairs": {"x": 3}}', "baseline file {p} is not a pytest-llmquant baseline (no 'pairs' object of per-pair metrics); re-create it with --llmq-save-baseline={p} on a good run"),
+        ('{"schema_version": 1, "kind": "pytest-llmquant report", "pairs": {}}', "baseline file {p} is a --llmq-report file, not a baseline; create it with --llmq-save-baseline={p} on a good run"),
+    ],
+)  # fmt: skip
+def test_load_baseline_errors_are_one_line(
+    tmp_path: Path, content: str | None, expected: str
+) -> None:
+    path = tmp_path / "baseline.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(LlmqUsageError) as info:
+        outputs.load_baseline(path)
+    assert str(info.value) == expected.format(p=path)
+    assert "\n" not in str(info.value)
+
+
+def test_load_baseline_reports_an_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(LlmqUsageError, match=r"^cannot read baseline file .* \(Is a directory\)"):
+        outputs.load_baseline(tmp_path)
+
+
+def test_hand_written_baseline_in_the_documented_shape_loads(tmp_path: Path) -> None:
+    path = tmp_path / "b.json"
+    path.write_text(
+        json.dumps({"schema_version": 1, "versions": {}, "pairs": {PAIR: {"mean_kld": 0.001}}})
+    )
+    baseline = outputs.load_baseline(path)
+    assert outputs.compare_to_baseline(fake_session([similarity()]), baseline) == [
+        f"{PAIR}: mean KLD regressed 0.001 → 0.0041 "
+        "(tolerance +25% relative + 0.001 absolute, limit 0.00225)"
+    ]
+
+
+# -- plot -----------------------------------------------------------------------------------------
+
+
+def test_plot_is_skipped_without_matplotlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails even where installed
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    message = outputs.write_plot(fake_session(all_three()), tmp_path / "plot.png")
+    assert message == (
+        "plot skipped: matplotlib is not installed (pip install 'pytest-llmquant[plot]')"
+    )
+    assert not (tmp_path / "plot.png").exists()
+
+
+def test_plot_is_written_with_matplotlib(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "plot.png"
+    message = outputs.write_plot(fake_session(all_three() + all_three(OTHER)), target)
+    assert message == f"pytest-llmquant: wrote plot {target}"
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- finish_session --------------------------------------------------------------------------------
+
+
+def test_finish_session_writes_every_requested_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    files = {k: tmp_path / f"{k}.out" for k in ("report", "md", "base")}
+    config = fake_config(
+        llmq_report=str(files["report"]),
+        llmq_report_md=str(files["md"]),
+        llmq_save_baseline=str(files["base"]),
+    )
+    tr = Terminal()
+    assert outputs.finish_session(fake_session(all_three(), config=config), tr) is None
+    assert tr.lines == [
+        f"pytest-llmquant: wrote report {files['report']}",
+        f"pytest-llmquant: wrote Markdown summary {files['md']}",
+        f"pytest-llmquant: wrote baseline {files['base']}",
+    ]
+    assert json.loads(files["report"].read_text())["schema_version"] == 1
+    assert outputs.load_baseline(files["base"])["pairs"][PAIR]["speedup"] == 2.0
+
+
+def test_finish_session_forces_failure_on_a_regression(tmp_path: Path) -> None:
+    base = tmp_path / "base.json"
+    outputs.write_baseline(fake_session(all_three()), base)
+    session = fake_session(
+        [similarity(mean_kld=0.0093), speedup(), memory()],
+        config=fake_config(llmq_baseline=str(base)),
+    )
+    tr = Terminal()
+    assert outputs.finish_session(session, tr) == 1
+    assert tr.lines == [
+        f"{PAIR}: mean KLD regressed 0.0041 → 0.0093 "
+        "(tolerance +25% relative + 0.001 absolute, limit 0.00613)",
+        f"pytest-llmquant: quality regressed against baseline {base}",
+    ]
+    session.results = all_three()
+    tr = Terminal()
+    assert outputs.finish_session(session, tr) is None
+    assert tr.lines == [f"pytest-llmquant: no regression against baseline {base}"]
+
+
+def test_finish_session_missing_baseline_is_a_usage_error(tmp_path: Path) -> None:
+    missing = tmp_path / "none.json"
+    tr = Terminal()
+    session = fake_session(all_three(), config=fake_config(llmq_baseline=str(missing)))
+    assert outputs.finish_session(session, tr) == 4
+    assert tr.lines == [
+        f"pytest-llmquant: baseline file {missing} does not exist; "
+        f"create it with --llmq-save-baseline={missing} on a good run"
+    ]
+
+
+def test_finish_session_does_not_overwrite_a_baseline_with_nothing(tmp_path: Path) -> None:
+    base = tmp_path / "base.json"
+    base.write_text("keep")
+    tr = Terminal()
+    session = fake_session([], config=fake_config(llmq_save_baseline=str(base)))
+    assert outputs.finish_session(session, tr) is None
+    assert base.read_text() == "keep"
+    assert tr.lines == [
+        f"pytest-llmquant: baseline {base} not written: no gate measured anything in this run"
+    ]
+
+
+def test_finish_session_is_silent_in_an_xdist_worker(tmp_path: Path) -> None:
+    config = fake_config(llmq_report=str(tmp_path / "r.json"))
+    config.workerinput = {}
+    assert outputs.finish_session(fake_session(all_three(), config=config), Terminal()) is None
+    assert not (tmp_path / "r.json").exists()
+
+
+# -- the plugin wiring, end to end (no model: the test appends fabricated results) -------------
+
+WIRING = """
+from typing import Any
+
+import pytest
+
+from pytest_llmquant.session import SESSION_KEY
+
+_LLMQ_EXIT = pytest.StashKey["int | None"]()
+
+
+def _finish_outputs(config, terminalreporter):
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None or _LLMQ_EXIT in config.stash:
+        return
+    from pytest_llmquant.outputs import finish_session
+
+    config.stash[_LLMQ_EXIT] = finish_session(session, terminalreporter)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    _finish_outputs(config, terminalreporter)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    result = yield
+    config = session.config
+    _finish_outputs(config, config.pluginmanager.get_plugin("terminalreporter"))
+    forced = config.stash.get(_LLMQ_EXIT, None)
+    if forced and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = forced
+    return result
+"""
+
+FABRICATE = """
+import os
+from types import SimpleNamespace
+from pytest_llmquant.verdicts import similarity_verdict
+
+def test_fabricated(llmq_session):
+    r = SimpleNamespace(n_tokens=512, mean_kld=float(os.environ["FAKE_KLD"]), kld_se=0.0003,
+        p99_kld=0.03, max_kld=0.2, same_top=0.97, same_top_se=0.005, ppl_fp32=12.0,
+        ppl_int8=12.1, ppl_ratio=1.008, rms_dp=0.01)
+    llmq_session.results.append(similarity_verdict(
+        r, "fake [dynamic-int8]", max_kl=1, min_same_top=0.5, max_ppl_ratio=2))
+"""
+
+
+def plugin_is_wired() -> bool:
+    from pytest_llmquant import plugin
+
+    return "finish_session" in inspect.getsource(plugin)
+
+
+def test_plugin_wiring_saves_compares_and_forces_exit_status(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until plugin.py calls finish_session, a conftest holds the proposed hook code."""
+    if not plugin_is_wired():
+        pytester.makeconftest(WIRING)
+    pytester.makepyfile(FABRICATE)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    base = pytester.path / "base.json"
+    monkeypatch.setenv("FAKE_KLD", "0.004")
+    saved = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--llmq-save-baseline={base}")
+    assert saved.ret == 0
+    saved.stdout.fnmatch_lines([f"pytest-llmquant: wrote baseline {base}"])
+    monkeypatch.setenv("FAKE_KLD", "0.02")
+    worse = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--llmq-baseline={base}")
+    worse.assert_outcomes(passed=1)
+    assert worse.ret == 1  # every test passed, the baseline comparison failed the run
+    worse.stdout.fnmatch_lines(
+        [
+            "fake [[]dynamic-int8]: mean KLD regressed 0.004 → 0.02 (tolerance *)",
+            f"pytest-llmquant: quality regressed against baseline {base}",
+        ]
+    )
+    quiet = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", "--no-summary", f"--llmq-baseline={base}"
+    )
+    assert quiet.ret == 1  # also without a terminal summary
