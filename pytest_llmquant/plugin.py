@@ -36,7 +36,11 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hooks)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    from .strategies_profile import maybe_register_profile
+
+    maybe_register_profile(config)
     for name in MARKERS:
         config.addinivalue_line("markers", marker_line(name))
     try:
