@@ -96,7 +96,10 @@ def _greedy(pair: Any, new_tokens: int = 12) -> Any:
 
     from .evaltext import EVAL_PROMPTS
 
-    ids = pair.tokenizer(EVAL_PROMPTS[0], return_tensors="pt").to(pair.device)
+    from .context import fit_to_context
+
+    ids = fit_to_context(pair.tokenizer(EVAL_PROMPTS[0], return_tensors="pt"), pair.int8, new_tokens)
+    ids = {k: v.to(pair.device) for k, v in ids.items()}
     with torch.inference_mode():
         out = pair.int8.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                  do_sample=False, pad_token_id=pair.tokenizer.pad_token_id)
@@ -120,7 +123,10 @@ def next_token_divergence(pair: Any, prompt: str) -> tuple[float, int, int, list
     """KL(FP32 || INT8) of the next token after ``prompt``, both top tokens, INT8's top-k."""
     import torch
 
-    ids = pair.tokenizer(prompt, return_tensors="pt")["input_ids"].to(pair.device)
+    from .context import fit_to_context
+
+    ids = fit_to_context(pair.tokenizer(prompt, return_tensors="pt"), pair.fp32)["input_ids"]
+    ids = ids.to(pair.device)
     if ids.shape[1] == 0:
         ids = torch.tensor([[pair.tokenizer.eos_token_id or 0]], device=pair.device)
     with torch.inference_mode():

@@ -36,7 +36,9 @@ def make_tokenizer(directory: Path, vocab_size: int = 400):
     return tok
 
 
-def make_tiny_gpt2(directory: Path, *, n_layer: int = 2, n_embd: int = 64, seed: int = 0) -> Path:
+def make_tiny_gpt2(
+    directory: Path, *, n_layer: int = 2, n_embd: int = 64, n_positions: int = 256, seed: int = 0
+) -> Path:
     """A trained-from-nothing but real GPT-2: random weights, real Conv1D code path."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -49,7 +51,7 @@ def make_tiny_gpt2(directory: Path, *, n_layer: int = 2, n_embd: int = 64, seed:
         n_layer=n_layer,
         n_embd=n_embd,
         n_head=4,
-        n_positions=256,
+        n_positions=n_positions,
         vocab_size=len(tok),
         bos_token_id=tok.eos_token_id,
         eos_token_id=tok.eos_token_id,
