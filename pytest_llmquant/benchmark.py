@@ -31,8 +31,13 @@ def generation_target(model: Any, tokenizer: Any, new_tokens: int, device: str =
 
     def run() -> Any:
         with torch.inference_mode():
-            return model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                  do_sample=False, pad_token_id=pad)
+            return model.generate(
+                **inputs,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
 
     return run
 
@@ -67,7 +72,9 @@ class LlmqBenchmark:
         self.session = session
         self.new_tokens = new_tokens
 
-    def run(self, precision: str, *, rounds: int = ROUNDS, warmup_rounds: int = WARMUP_ROUNDS) -> Any:
+    def run(
+        self, precision: str, *, rounds: int = ROUNDS, warmup_rounds: int = WARMUP_ROUNDS
+    ) -> Any:
         from .loading import library_versions
 
         if precision not in ("fp32", "int8"):
@@ -75,8 +82,10 @@ class LlmqBenchmark:
         if getattr(self.benchmark, "disabled", False):
             import pytest
 
-            pytest.skip("pytest-benchmark is disabled here (it turns itself off under xdist and "
-                        "with --benchmark-disable); run without -n to record timings")
+            pytest.skip(
+                "pytest-benchmark is disabled here (it turns itself off under xdist and "
+                "with --benchmark-disable); run without -n to record timings"
+            )
         pair = self.pair
         model = pair.fp32 if precision == "fp32" else slowed(pair.int8)
         bench = self.benchmark
@@ -86,16 +95,22 @@ class LlmqBenchmark:
         stats = getattr(bench, "stats", None)
         median = stats.stats.median if stats is not None and getattr(stats, "stats", None) else None
         info: dict[str, Any] = {
-            "model": pair.label, "scheme": pair.scheme if precision == "int8" else "fp32",
-            "precision": precision, "device": pair.device, "threads": pair.threads,
-            "new_tokens": self.new_tokens, "coverage": str(pair.coverage), **library_versions(),
+            "model": pair.label,
+            "scheme": pair.scheme if precision == "int8" else "fp32",
+            "precision": precision,
+            "device": pair.device,
+            "threads": pair.threads,
+            "new_tokens": self.new_tokens,
+            "coverage": str(pair.coverage),
+            **library_versions(),
         }
         if median:
             info["ms_per_token"] = 1000 * median / self.new_tokens
             info["tokens_per_s"] = self.new_tokens / median
             self.session.benchmark_medians[(pair.label, precision, pair.scheme)] = median
             other = self.session.benchmark_medians.get(
-                (pair.label, "fp32" if precision == "int8" else "int8", pair.scheme))
+                (pair.label, "fp32" if precision == "int8" else "int8", pair.scheme)
+            )
             if other:
                 fp32_s, int8_s = (median, other) if precision == "fp32" else (other, median)
                 info["speedup"] = fp32_s / int8_s

@@ -37,8 +37,14 @@ def fit_to_context(inputs: Any, model: Any, new_tokens: int = 0) -> Any:
     key = (int(ids.shape[-1]), ctx)
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(LlmqPromptWarning(
-            f"prompt of {ids.shape[-1]} tokens (+{new_tokens} new) is longer than the model's "
-            f"context ({ctx}); keeping its last {keep} tokens"), stacklevel=2)
-    return {k: (v[..., -keep:] if hasattr(v, "shape") and v.shape[-1] == ids.shape[-1] else v)
-            for k, v in dict(inputs).items()}
+        warnings.warn(
+            LlmqPromptWarning(
+                f"prompt of {ids.shape[-1]} tokens (+{new_tokens} new) is longer than the model's "
+                f"context ({ctx}); keeping its last {keep} tokens"
+            ),
+            stacklevel=2,
+        )
+    return {
+        k: (v[..., -keep:] if hasattr(v, "shape") and v.shape[-1] == ids.shape[-1] else v)
+        for k, v in dict(inputs).items()
+    }

@@ -216,7 +216,9 @@ def get(config: pytest.Config, name: str) -> Any:
         if raw in (None, "", []) or (opt.flag and raw == opt.default):
             return list(opt.default) if opt.multiple and opt.default is not None else opt.default
     if opt.flag:
-        return raw.strip().lower() in ("1", "true", "yes", "on") if isinstance(raw, str) else bool(raw)
+        return (
+            raw.strip().lower() in ("1", "true", "yes", "on") if isinstance(raw, str) else bool(raw)
+        )
     if opt.multiple:
         # models may legitimately contain commas only in odd paths; schemes never do
         return (

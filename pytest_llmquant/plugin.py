@@ -8,6 +8,7 @@ that uses none of them pays nothing.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ import pytest
 from . import hooks, options
 from .errors import LlmqError, LlmqUsageError
 from .marks import MARKERS, marker_line, validate
+from .outputs import strict_json
 from .session import SESSION_KEY, LlmqSession, ModelPair, get_session
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,6 +49,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SESSION_KEY] = LlmqSession.from_config(config)
     except LlmqUsageError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if getattr(config.option, "numprocesses", None) and not in_xdist_worker(config):
+        config.pluginmanager.register(WorkerResults(config.stash[SESSION_KEY]), "llmquant-xdist")
 
 
 # -- collection ------------------------------------------------------------------------
@@ -188,13 +192,15 @@ def llmq_benchmark(benchmark: Any, llmq_pair: ModelPair, llmq_session: LlmqSessi
     Group = model, extra_info = model, scheme, threads, ms/token, tokens/s, speedup, versions."""
     from .benchmark import LlmqBenchmark
 
-    return LlmqBenchmark(benchmark, llmq_pair, llmq_session,
-                         options.get(llmq_session.config, "llmq_new_tokens"))
+    return LlmqBenchmark(
+        benchmark, llmq_pair, llmq_session, options.get(llmq_session.config, "llmq_new_tokens")
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
-                                  items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
     """``--llmq-suite`` adds the built-in checks, even when there are no user tests."""
     if options.get(config, "llmq_suite"):
         from .suite import collect_suite
@@ -206,8 +212,28 @@ def in_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-XDIST_TIMING = ("timing gates do not run under xdist: parallel workers share the CPU and "
-                "distort the timings; run them without -n")
+RESULT_PROPERTY = "llmq.result"
+
+
+class WorkerResults:
+    """Registered in the xdist controller: collects the gate results the workers measured,
+    so the JSON report, the Markdown summary and the baseline cover the whole run."""
+
+    def __init__(self, session: LlmqSession) -> None:
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        from .verdicts import result_from_dict
+
+        for key, value in getattr(report, "user_properties", []):
+            if key == RESULT_PROPERTY:
+                self.session.results.append(result_from_dict(json.loads(value)))
+
+
+XDIST_TIMING = (
+    "timing gates do not run under xdist: parallel workers share the CPU and "
+    "distort the timings; run them without -n"
+)
 
 
 # -- gates ---------------------------------------------------------------------------------
@@ -234,13 +260,19 @@ def pytest_runtest_makereport(
         try:
             result = MARKERS[mark.name](*mark.args, **mark.kwargs, pair=pair, session=session)
         except LlmqError as exc:
-            failures.append(f"{mark.name} could not measure {pair.name if pair else item.nodeid}: {exc}")
+            failures.append(
+                f"{mark.name} could not measure {pair.name if pair else item.nodeid}: {exc}"
+            )
             continue
         result.test = item.nodeid
         session.results.append(result)
         for key, value in result.measurement.items():
             if isinstance(value, (int, float, str)) and not isinstance(value, bool):
                 report.user_properties.append((f"llmq.{result.gate}.{key}", value))
+        if in_xdist_worker(item.config):  # the controller writes the reports: send it the result
+            report.user_properties.append(
+                (RESULT_PROPERTY, json.dumps(strict_json(result.as_dict())))
+            )
         report.sections.append((f"llmquant {result.gate}", result.long_repr))
         if not result.passed:
             failures.append(result.long_repr)

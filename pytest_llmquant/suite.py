@@ -14,8 +14,18 @@ from typing import Any
 import pytest
 
 CHECKS = (
-    "loads", "coverage", "finite", "similarity", "speedup", "memory", "round_trip",
-    "determinism", "generation", "prompt_property", "benchmark_fp32", "benchmark_int8",
+    "loads",
+    "coverage",
+    "finite",
+    "similarity",
+    "speedup",
+    "memory",
+    "round_trip",
+    "determinism",
+    "generation",
+    "prompt_property",
+    "benchmark_fp32",
+    "benchmark_int8",
 )
 
 #: per-prompt bound on next-token KL divergence: the gate bounds the *mean* over
@@ -79,31 +89,40 @@ def round_trip(llmq_pair: Any, tmp_path: Path) -> None:
 
     scheme = get_scheme(llmq_pair.scheme)
     if not any(scheme.is_quantized_module(m) for m in llmq_pair.int8.modules()):
-        pytest.skip(f"the INT8 model was not built by scheme {llmq_pair.scheme!r}, so it has no "
-                    "pytest-llmquant save format; save it with your own tooling")
+        pytest.skip(
+            f"the INT8 model was not built by scheme {llmq_pair.scheme!r}, so it has no "
+            "pytest-llmquant save format; save it with your own tooling"
+        )
     scheme.save(llmq_pair.int8, tmp_path / "int8")
     reloaded = scheme.load(tmp_path / "int8", device=llmq_pair.device)
     inputs = _inputs(llmq_pair)
     with torch.inference_mode():
         a = llmq_pair.int8(**inputs).logits
         b = reloaded(**inputs).logits
-    assert torch.equal(a, b), (f"reloaded INT8 logits differ by up to "
-                               f"{(a - b).abs().max().item():.3g}")
+    assert torch.equal(a, b), (
+        f"reloaded INT8 logits differ by up to {(a - b).abs().max().item():.3g}"
+    )
 
 
 def _greedy(pair: Any, new_tokens: int = 12) -> Any:
     import torch
 
+    from .context import fit_to_context
     from .evaltext import EVAL_PROMPTS
 
-    from .context import fit_to_context
-
-    ids = fit_to_context(pair.tokenizer(EVAL_PROMPTS[0], return_tensors="pt"), pair.int8, new_tokens)
+    ids = fit_to_context(
+        pair.tokenizer(EVAL_PROMPTS[0], return_tensors="pt"), pair.int8, new_tokens
+    )
     ids = {k: v.to(pair.device) for k, v in ids.items()}
     with torch.inference_mode():
-        out = pair.int8.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                 do_sample=False, pad_token_id=pair.tokenizer.pad_token_id)
-    return out[0, ids["input_ids"].shape[1]:]
+        out = pair.int8.generate(
+            **ids,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=pair.tokenizer.pad_token_id,
+        )
+    return out[0, ids["input_ids"].shape[1] :]
 
 
 def determinism(llmq_pair: Any) -> None:

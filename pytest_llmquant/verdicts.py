@@ -58,6 +58,25 @@ class GateResult:
         }
 
 
+def result_from_dict(data: dict[str, Any]) -> GateResult:
+    """Rebuild a result sent from an xdist worker (see the plugin's logreport hook)."""
+    rows = [
+        Row(r["metric"], r["fp32"], r["int8"], r["ratio"], r["threshold"], r["ok"])
+        for r in data.get("rows", [])
+    ]
+    return GateResult(
+        data["gate"],
+        data["pair"],
+        data["passed"],
+        data["message"],
+        rows,
+        data.get("measurement", {}),
+        data.get("thresholds", {}),
+        data.get("close", False),
+        data.get("test", ""),
+    )
+
+
 def format_table(rows: list[Row]) -> str:
     header = ("metric", "FP32", "INT8", "ratio", "threshold", "verdict")
     body = [(r.metric, r.fp32, r.int8, r.ratio, r.threshold, r.verdict) for r in rows]

@@ -34,7 +34,9 @@ def test_measure_similarity_returns_every_metric_with_its_error(models) -> None:
 def test_assert_similar_passes_and_fails(models) -> None:
     fp32, int8, tok = models
     assert_similar(fp32, fp32, tok, n_tokens=200)  # a model is identical to itself
-    with pytest.raises(AssertionError, match=r"quant_similarity failed for INT8 model: mean KLD .* > 1e-09"):
+    with pytest.raises(
+        AssertionError, match=r"quant_similarity failed for INT8 model: mean KLD .* > 1e-09"
+    ):
         assert_similar(fp32, int8, tok, max_kl=1e-9, n_tokens=200)
 
 
@@ -48,7 +50,9 @@ def test_assert_memory_reduction(models) -> None:
     fp32, int8, _ = models
     result = assert_memory_reduction(fp32, int8, 1.5)
     assert result.ratio > 1.5
-    with pytest.raises(AssertionError, match=r"quant_memory failed for INT8 model: weights .* < 50x"):
+    with pytest.raises(
+        AssertionError, match=r"quant_memory failed for INT8 model: weights .* < 50x"
+    ):
         assert_memory_reduction(fp32, copy.deepcopy(int8), 50)
 
 

@@ -25,8 +25,12 @@ FAIL_AT = "--benchmark-compare-fail=median:50%"
 def run(pytester: pytest.Pytester, model: Path, storage: Path, *args: str) -> pytest.RunResult:
     """A real subprocess: the exit code is what CI would see."""
     return pytester.runpytest_subprocess(
-        f"--llmq-model={model}", f"--benchmark-storage=file://{storage}", "-p", "no:cacheprovider",
-        "--llmq-new-tokens=8", *args,
+        f"--llmq-model={model}",
+        f"--benchmark-storage=file://{storage}",
+        "-p",
+        "no:cacheprovider",
+        "--llmq-new-tokens=8",
+        *args,
     )
 
 
@@ -51,16 +55,18 @@ def test_entries_carry_the_extra_info(saved: Path) -> None:
     assert by_name["test_generate_fp32"]["group"] == by_name["test_generate_int8"]["group"]
 
 
-def test_compare_passes_without_a_slowdown(pytester: pytest.Pytester, tiny_gpt2_dir: Path,
-                                           saved: Path) -> None:
+def test_compare_passes_without_a_slowdown(
+    pytester: pytest.Pytester, tiny_gpt2_dir: Path, saved: Path
+) -> None:
     result = run(pytester, tiny_gpt2_dir, saved, "--benchmark-compare", FAIL_AT)
     output = result.stdout.str() + result.stderr.str()
     assert result.ret == 0, output
     assert "Performance has regressed" not in output
 
 
-def test_compare_fails_when_int8_became_slower(pytester: pytest.Pytester, tiny_gpt2_dir: Path,
-                                               saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compare_fails_when_int8_became_slower(
+    pytester: pytest.Pytester, tiny_gpt2_dir: Path, saved: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LLMQ_TEST_SLOWDOWN", "0.1")  # 100 ms of real work per INT8 forward
     result = run(pytester, tiny_gpt2_dir, saved, "--benchmark-compare", FAIL_AT)
     assert result.ret != 0

@@ -617,3 +617,37 @@ def test_plugin_wiring_saves_compares_and_forces_exit_status(
         "-p", "no:cacheprovider", "--no-summary", f"--llmq-baseline={base}"
     )
     assert quiet.ret == 1  # also without a terminal summary
+
+
+def test_xdist_workers_send_their_results_to_the_report(
+    pytester: pytest.Pytester, tiny_gpt2_dir: Path, tmp_path: Path
+) -> None:
+    import json as _json
+
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.quant_memory(1.5)
+        def test_a(llmq_pair):
+            pass
+
+        @pytest.mark.quant_similarity(max_kl=5, min_same_top=0.01, max_ppl_ratio=10)
+        def test_b(llmq_pair):
+            pass
+        """
+    )
+    report = tmp_path / "report.json"
+    result = pytester.runpytest_subprocess(
+        f"--llmq-model={tiny_gpt2_dir}",
+        "-n",
+        "2",
+        "--llmq-eval-tokens=256",
+        f"--llmq-report={report}",
+        "-p",
+        "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=2)
+    data = _json.loads(report.read_text())
+    [pair] = data["pairs"].values()
+    assert sorted(g["gate"] for g in pair["gates"]) == ["quant_memory", "quant_similarity"]

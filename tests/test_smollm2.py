@@ -68,11 +68,16 @@ def test_default_similarity_gate_catches_the_seed_recipe(
             pass
     """)
     result = pytester.runpytest_inprocess(
-        "--llmq-model=smollm2-135m", "--llmq-scheme=dynamic-int8",
-        f"--llmq-cache-dir={shared_cache_dir}", "-p", "no:cacheprovider",
+        "--llmq-model=smollm2-135m",
+        "--llmq-scheme=dynamic-int8",
+        f"--llmq-cache-dir={shared_cache_dir}",
+        "-p",
+        "no:cacheprovider",
     )
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*quant_similarity failed for smollm2-135m [[]dynamic-int8]: mean KLD * ± * > 0.01; "
-        "same-top * ± * < 0.95; PPL * → * (ratio * > 1.02) (over 2048 tokens)",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*quant_similarity failed for smollm2-135m [[]dynamic-int8]: mean KLD * ± * > 0.01; "
+            "same-top * ± * < 0.95; PPL * → * (ratio * > 1.02) (over 2048 tokens)",
+        ]
+    )

@@ -15,8 +15,14 @@ def test_suite_runs_with_no_user_tests_and_lists_every_check(
     pytester: pytest.Pytester, tiny_gpt2_dir: Path
 ) -> None:
     result = pytester.runpytest_inprocess(
-        f"--llmq-model={tiny_gpt2_dir}", "--llmq-suite", "--llmq-eval-tokens=256",
-        "--llmq-time-budget=3", "-p", "no:cacheprovider", "-v", *TINY,
+        f"--llmq-model={tiny_gpt2_dir}",
+        "--llmq-suite",
+        "--llmq-eval-tokens=256",
+        "--llmq-time-budget=3",
+        "-p",
+        "no:cacheprovider",
+        "-v",
+        *TINY,
     )
     result.assert_outcomes(passed=len(CHECKS))
     label = tiny_gpt2_dir.name
@@ -27,8 +33,14 @@ def test_suite_runs_with_no_user_tests_and_lists_every_check(
 
 def test_suite_thresholds_come_from_the_cli(pytester: pytest.Pytester, tiny_gpt2_dir: Path) -> None:
     result = pytester.runpytest_inprocess(
-        f"--llmq-model={tiny_gpt2_dir}", "--llmq-suite", "--llmq-eval-tokens=256",
-        "-p", "no:cacheprovider", "--llmq-max-kl=1e-12", "-k", "similarity or coverage",
+        f"--llmq-model={tiny_gpt2_dir}",
+        "--llmq-suite",
+        "--llmq-eval-tokens=256",
+        "-p",
+        "no:cacheprovider",
+        "--llmq-max-kl=1e-12",
+        "-k",
+        "similarity or coverage",
     )
     result.assert_outcomes(passed=1, failed=1, deselected=len(CHECKS) - 2)
     result.stdout.fnmatch_lines(["*quant_similarity failed for *: mean KLD * > 1e-12*"])
@@ -44,12 +56,21 @@ def test_speed_gate_skips_with_its_reason_under_xdist(
     pytester: pytest.Pytester, tiny_gpt2_dir: Path
 ) -> None:
     result = pytester.runpytest_subprocess(
-        f"--llmq-model={tiny_gpt2_dir}", "--llmq-suite", "-n", "2", "-p", "no:cacheprovider",
-        "-k", "speedup or benchmark or coverage", "-rs",
+        f"--llmq-model={tiny_gpt2_dir}",
+        "--llmq-suite",
+        "-n",
+        "2",
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "speedup or benchmark or coverage",
+        "-rs",
     )
     result.assert_outcomes(passed=1, skipped=3)
-    result.stdout.fnmatch_lines([
-        "*timing gates do not run under xdist: parallel workers share the CPU and distort the "
-        "timings; run them without -n*",
-        "*pytest-benchmark is disabled here*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*timing gates do not run under xdist: parallel workers share the CPU and distort the "
+            "timings; run them without -n*",
+            "*pytest-benchmark is disabled here*",
+        ]
+    )
