@@ -61,6 +61,7 @@ class LlmqSession:
     cache_dir: str | None
     _fp32: dict[str, Any] = field(default_factory=dict)
     _int8: dict[tuple[str, str], Any] = field(default_factory=dict)
+    int8_path: str | None = None  # --llmq-int8-model: test this checkpoint, quantize nothing
     _cache: ModelCache | None = None
     load_times: dict[str, float] = field(default_factory=dict)
     load_notes: dict[str, str] = field(default_factory=dict)
@@ -78,6 +79,11 @@ class LlmqSession:
         schemes = options.get(config, "llmq_scheme") or [DEFAULT_SCHEME]
         for s in schemes:
             check_name(s)
+        int8_path = options.get(config, "llmq_int8_model")
+        if int8_path:
+            from .loading import int8_checkpoint_label
+
+            schemes = [int8_checkpoint_label(int8_path)]
         threads = options.get(config, "llmq_threads") or options.default_threads()
         return cls(
             config=config,
@@ -88,6 +94,7 @@ class LlmqSession:
             threads=threads,
             trust_remote_code=options.get(config, "llmq_trust_remote_code"),
             cache_dir=options.get(config, "llmq_cache_dir"),
+            int8_path=int8_path,
         )
 
     def label_of(self, spec: str) -> str:
@@ -147,15 +154,22 @@ class LlmqSession:
             label = self.label_of(spec)
             hook = self.config.hook.pytest_llmq_quantize
             try:
-                self._int8[key] = build_int8(
-                    model,
-                    scheme,
-                    device=self.device,
-                    label=label,
-                    quantize_hook=lambda **kw: hook(
-                        **{**kw, "config": {**kw["config"], "label": label}}
-                    ),
-                )
+                if self.int8_path:
+                    from .loading import load_int8_checkpoint
+
+                    self._int8[key] = load_int8_checkpoint(
+                        self.int8_path, model, device=self.device
+                    )
+                else:
+                    self._int8[key] = build_int8(
+                        model,
+                        scheme,
+                        device=self.device,
+                        label=label,
+                        quantize_hook=lambda **kw: hook(
+                            **{**kw, "config": {**kw["config"], "label": label}}
+                        ),
+                    )
             except LlmqError as exc:
                 self._int8[key] = exc
         value = self._int8[key]
