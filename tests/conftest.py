@@ -58,3 +58,13 @@ def shared_cache_dir() -> Path:
     """One cache for the SmolLM2 end-to-end tests: the GGUF is converted once per machine."""
     SHARED_CACHE.mkdir(parents=True, exist_ok=True)
     return SHARED_CACHE
+
+
+@pytest.fixture(autouse=True)
+def _subprocesses_are_not_xdist_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `-n 2` every test runs in a worker with PYTEST_XDIST_WORKER set, and a child
+    pytest inherits it: pytest-benchmark then believes it is an xdist worker and disables
+    itself. The child is a fresh single-process run, so it must not see these variables."""
+    for name in list(os.environ):
+        if name.startswith("PYTEST_XDIST_"):
+            monkeypatch.delenv(name)

@@ -102,10 +102,12 @@ def test_prompts_cover_edge_cases() -> None:
 
 
 def test_prompts_shrink_to_short_plain_text() -> None:
-    """A failure that needs five characters is reported on plain words, not on emoji."""
+    """A failure that needs five characters is reported on five plain ASCII characters, not
+    on emoji, tabs or newlines. Which branch the shrink ends in depends on the seed: corpus
+    words ("abort"), or the simplest text of another branch ("00000", "0000 ")."""
     smallest = find(prompts(), lambda t: len(t) >= 5, settings=settings(database=None))
     assert len(smallest) == 5 and smallest.isascii(), repr(smallest)
-    assert smallest.replace(" ", "").isalpha() and smallest.strip() == smallest
+    assert all(c.isalnum() or c == " " for c in smallest) and smallest.strip(), repr(smallest)
 
 
 def test_prompts_use_corpus_words() -> None:
