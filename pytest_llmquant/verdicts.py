@@ -95,6 +95,16 @@ def _g(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:,.0f}"
 
 
+def _vs(value: float, bound: float, decimals: int = 2) -> str:
+    """``value`` with enough decimals that it does not print the same as ``bound``: a
+    failure that reads "ratio 1.00 > 1" helps nobody, "ratio 1.00003 > 1" does."""
+    for d in range(decimals, 9):
+        text = f"{value:.{d}f}"
+        if value == bound or float(text) != float(f"{bound:.{d}f}"):
+            return text
+    return f"{value:.9g}"
+
+
 # -- similarity -------------------------------------------------------------------
 
 
@@ -108,7 +118,7 @@ def similarity_verdict(
     parts = {
         "kl": f"mean KLD {_g(r.mean_kld, 2)} ± {_g(r.kld_se, 1)} {'≤' if kl_ok else '>'} {_g(max_kl)}",
         "top": f"same-top {r.same_top:.3f} ± {r.same_top_se:.3f} {'≥' if top_ok else '<'} {_g(min_same_top)}",
-        "ppl": f"PPL {r.ppl_fp32:.2f} → {r.ppl_int8:.2f} (ratio {r.ppl_ratio:.2f} "
+        "ppl": f"PPL {r.ppl_fp32:.2f} → {r.ppl_int8:.2f} (ratio {_vs(r.ppl_ratio, max_ppl_ratio)} "
         f"{'≤' if ppl_ok else '>'} {_g(max_ppl_ratio)})",
     }
     oks = {"kl": kl_ok, "top": top_ok, "ppl": ppl_ok}
@@ -135,7 +145,7 @@ def similarity_verdict(
             "perplexity",
             f"{r.ppl_fp32:.3f}",
             f"{r.ppl_int8:.3f}",
-            f"{r.ppl_ratio:.3f}",
+            _vs(r.ppl_ratio, max_ppl_ratio, 3),
             f"≤ {_g(max_ppl_ratio)}",
             ppl_ok,
         ),
@@ -207,7 +217,7 @@ def memory_verdict(result: Any, pair: str, *, min_ratio: float) -> GateResult:
     passed = r.ratio >= min_ratio
     message = (
         f"quant_memory {'passed' if passed else 'failed'} for {pair}: {r.kind} "
-        f"{_mb(r.fp32_bytes)} → {_mb(r.int8_bytes)} (ratio {r.ratio:.2f}x "
+        f"{_mb(r.fp32_bytes)} → {_mb(r.int8_bytes)} (ratio {_vs(r.ratio, min_ratio)}x "
         f"{'≥' if passed else '<'} {_g(min_ratio)}x)"
     )
     kept = getattr(r, "kept_float", None)

@@ -54,7 +54,7 @@ def test_entries_carry_the_extra_info(saved: Path) -> None:
     by_name = {b["name"].split("[")[0]: b for b in data["benchmarks"]}
     assert set(by_name) == {"test_generate_fp32", "test_generate_int8"}
     info = by_name["test_generate_int8"]["extra_info"]
-    assert info["scheme"] == "dynamic-int8" and info["precision"] == "int8"
+    assert info["scheme"] == "weight-only-int8" and info["precision"] == "int8"
     assert info["new_tokens"] == 8 and info["ms_per_token"] > 0 and info["tokens_per_s"] > 0
     assert info["speedup"] > 0 and info["coverage"] == "quantized 9 of 9 linear layers"
     assert {"torch", "transformers", "threads", "device", "model"} <= set(info)

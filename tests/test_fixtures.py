@@ -20,7 +20,7 @@ def test_int8_model_generates(pytester: pytest.Pytester, tiny_gpt2_dir: Path) ->
     """)
     result = run(pytester, tiny_gpt2_dir)
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*tiny-gpt2* [[]dynamic-int8]: quantized 9 of 9 linear layers"])
+    result.stdout.fnmatch_lines(["*tiny-gpt2* [[]weight-only-int8]: quantized 9 of 9 linear layers"])
 
 
 def test_every_conv1d_and_linear_is_quantized_and_logits_stay_close(
@@ -30,6 +30,9 @@ def test_every_conv1d_and_linear_is_quantized_and_logits_stay_close(
         import torch
         from transformers.pytorch_utils import Conv1D
 
+        from pytest_llmquant.layers import is_linear_like
+        from pytest_llmquant.schemes import get_scheme
+
         def test_coverage(llmq_pair, fp32_model, int8_model):
             convs = [n for n, m in fp32_model.named_modules() if isinstance(m, Conv1D)]
             linears = [n for n, m in fp32_model.named_modules() if type(m) is torch.nn.Linear]
@@ -37,9 +40,10 @@ def test_every_conv1d_and_linear_is_quantized_and_logits_stay_close(
             cov = llmq_pair.coverage
             assert sorted(cov.quantized) == sorted(convs + linears)
             assert cov.kept_float == [] and str(cov) == "quantized 9 of 9 linear layers"
+            scheme = get_scheme(llmq_pair.scheme)
             for name in cov.quantized:
-                assert type(int8_model.get_submodule(name)).__name__ == "Linear"
-                assert "quantized" in type(int8_model.get_submodule(name)).__module__
+                layer = int8_model.get_submodule(name)
+                assert scheme.is_quantized_module(layer) and not is_linear_like(layer), name
 
         def test_logits_close(fp32_model, int8_model, llmq_tokenizer):
             ids = llmq_tokenizer("Quantization maps floating point weights", return_tensors="pt")
@@ -115,8 +119,8 @@ def test_two_models_parametrize_every_model_test(
         [
             "*test_fp32?tiny-gpt2* PASSED*",
             "*test_fp32?other-gpt2* PASSED*",
-            "*test_pair?tiny-gpt2*-dynamic-int8? PASSED*",
-            "*test_pair?other-gpt2-dynamic-int8? PASSED*",
+            "*test_pair?tiny-gpt2*-weight-only-int8? PASSED*",
+            "*test_pair?other-gpt2-weight-only-int8? PASSED*",
             "*test_plain PASSED*",
         ]
     )

@@ -41,7 +41,7 @@ def test_similarity_passes_with_loose_bounds(
     result = run(pytester, tiny_gpt2_dir, "-rA")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        ["*quant_similarity passed for tiny-gpt2* [[]dynamic-int8]: mean KLD * ≤ 5*"]
+        ["*quant_similarity passed for tiny-gpt2* [[]weight-only-int8]: mean KLD * ≤ 5*"]
     )
 
 
@@ -55,7 +55,7 @@ def test_similarity_fails_with_a_readable_report(
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*quant_similarity failed for tiny-gpt2* [[]dynamic-int8]: mean KLD * ± * > 1e-09 (over 256 tokens)",
+            "*quant_similarity failed for tiny-gpt2* [[]weight-only-int8]: mean KLD * ± * > 1e-09*(over 256 tokens)",
             "metric*FP32*INT8*ratio*threshold*verdict",
             "mean KLD*≤ 1e-09*FAIL",
         ]
@@ -83,7 +83,7 @@ def test_speedup_passes_a_low_bar(pytester: pytest.Pytester, tiny_gpt2_dir: Path
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*quant_speedup passed for tiny-gpt2* [[]dynamic-int8]: INT8 *x faster than FP32 (*% CI *–*, * interleaved pairs, * threads) ≥ 0.01x*"
+            "*quant_speedup passed for tiny-gpt2* [[]weight-only-int8]: INT8 *x faster than FP32 (*% CI *–*, * interleaved pairs, * threads) ≥ 0.01x*"
         ]
     )
 
@@ -94,7 +94,7 @@ def test_speedup_fails_an_impossible_bar(pytester: pytest.Pytester, tiny_gpt2_di
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*quant_speedup failed for tiny-gpt2* [[]dynamic-int8]: INT8 *x faster than FP32 (*% CI *) < 100x*",
+            "*quant_speedup failed for tiny-gpt2* [[]weight-only-int8]: INT8 *x faster than FP32 (*% CI *) < 100x*",
             "ms/token*≥ 100x*FAIL",
         ]
     )
@@ -116,7 +116,7 @@ def test_memory_passes_and_fails(pytester: pytest.Pytester, tiny_gpt2_dir: Path)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*quant_memory failed for tiny-gpt2* [[]dynamic-int8]: weights * MB → * MB (ratio *x < 50x)*"
+            "*quant_memory failed for tiny-gpt2* [[]weight-only-int8]: weights * MB → * MB (ratio *x < 50x)*"
         ]
     )
 
@@ -160,7 +160,7 @@ def test_summary_table_per_model(pytester: pytest.Pytester, tiny_gpt2_dir: Path)
     result.stdout.fnmatch_lines(
         [
             "*pytest-llmquant summary*",
-            "tiny-gpt2* [[]dynamic-int8]  (* threads, device cpu)",
+            "tiny-gpt2* [[]weight-only-int8]  (* threads, device cpu)",
             "metric*FP32*INT8*ratio*threshold*verdict",
             "memory (weights)*MB*MB*x*≥ 1.5x*ok",
         ]

@@ -28,7 +28,7 @@ def test_eval_text_too_short_is_one_line(
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [
-            "quant_similarity could not measure tiny-gpt2* [[]dynamic-int8]: evaluation text has only "
+            "quant_similarity could not measure tiny-gpt2* [[]weight-only-int8]: evaluation text has only "
             "* tokens, * needed for --llmq-eval-tokens=2048*; pass a longer --llmq-eval-text or lower "
             "--llmq-eval-tokens",
         ]

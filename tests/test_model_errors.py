@@ -207,6 +207,6 @@ def test_model_without_linear_layers(pytester: pytest.Pytester, tiny_gpt2_dir: P
         pytester, f"--llmq-model={tiny_gpt2_dir}", test="def test_x(int8_model):\n    pass\n"
     )
     assert (
-        "has no quantizable linear layers (no nn.Linear or Conv1D), so 'dynamic-int8' would "
+        "has no quantizable linear layers (no nn.Linear or Conv1D), so 'weight-only-int8' would "
         "return it unchanged; test a model with linear layers"
     ) in out

@@ -27,7 +27,7 @@ def test_suite_runs_with_no_user_tests_and_lists_every_check(
     result.assert_outcomes(passed=len(CHECKS))
     label = tiny_gpt2_dir.name
     result.stdout.fnmatch_lines_random(
-        [f"llmq-suite::{check}[[]{label}-dynamic-int8] PASSED*" for check in CHECKS]
+        [f"llmq-suite::{check}[[]{label}-weight-only-int8] PASSED*" for check in CHECKS]
     )
 
 

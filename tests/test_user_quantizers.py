@@ -74,7 +74,7 @@ def test_quantize_hook(pytester: pytest.Pytester, tiny_gpt2_dir: Path) -> None:
     )
     result = run(pytester, tiny_gpt2_dir)
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*HOOK CALLED dynamic-int8 tiny-gpt2*"])
+    result.stdout.fnmatch_lines(["*HOOK CALLED weight-only-int8 tiny-gpt2*"])
 
 
 def test_pre_quantized_checkpoint(

@@ -21,7 +21,10 @@ REGISTRY: dict[str, str] = {
     "smoothquant-w8a8": "pytest_llmquant.schemes.w8a8:SmoothQuantW8A8",
 }
 
-DEFAULT_SCHEME = "dynamic-int8"
+#: Meets the target on SmolLM2-135M on a 2-core CPU (README, "INT8 schemes"): 2.2x decode
+#: speedup at mean KLD 0.0011 and 98.6% same-top. ``dynamic-int8`` (the seed's recipe) is
+#: 1.8x at mean KLD 1.13, so it stays available by name only.
+DEFAULT_SCHEME = "weight-only-int8"
 
 
 def names() -> list[str]:
