@@ -20,7 +20,9 @@ def test_int8_model_generates(pytester: pytest.Pytester, tiny_gpt2_dir: Path) ->
     """)
     result = run(pytester, tiny_gpt2_dir)
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*tiny-gpt2* [[]weight-only-int8]: quantized 9 of 9 linear layers"])
+    result.stdout.fnmatch_lines(
+        ["*tiny-gpt2* [[]weight-only-int8]: quantized 9 of 9 linear layers"]
+    )
 
 
 def test_every_conv1d_and_linear_is_quantized_and_logits_stay_close(
