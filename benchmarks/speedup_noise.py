@@ -119,7 +119,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="/tmp/smollm2-fp32",
         help="float32 model directory (save_pretrained); default %(default)s",
     )
-    ap.add_argument("--scheme", default="dynamic-int8", help="INT8 scheme (default %(default)s)")
+    ap.add_argument(
+        "--scheme", default="weight-only-int8", help="INT8 scheme (default %(default)s)"
+    )
     ap.add_argument("--runs", type=int, default=20, help="gate runs per threshold (default 20)")
     ap.add_argument(
         "--budget",

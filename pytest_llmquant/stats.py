@@ -76,6 +76,20 @@ def _binom_half_cdf(k: int, n: int) -> float:
     return sum(math.comb(n, i) for i in range(k + 1)) / 2**n
 
 
+def pairs_for_an_interval(confidence: float = DEFAULT_CONFIDENCE) -> int:
+    """The fewest pairs whose sign-test interval can exclude anything at ``confidence``.
+
+    With ``n`` pairs the widest interval, [min, max], covers the median with probability
+    ``1 - 2 * 0.5**n``; below this count the interval is (-inf, inf) and no clear verdict
+    is possible, so stopping earlier only ever gives a "close" call (8 pairs at 99%).
+    """
+    _check_confidence(confidence)
+    n = 1
+    while 2 * 0.5**n > 1.0 - confidence + 1e-12:
+        n += 1
+    return n
+
+
 def median_ci(
     values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE
 ) -> tuple[float, float, float]:

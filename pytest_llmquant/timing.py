@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .stats import DEFAULT_CONFIDENCE, Decision, Verdict, decide
+from .stats import DEFAULT_CONFIDENCE, Decision, Verdict, decide, pairs_for_an_interval
 
 #: used when :mod:`pytest_llmquant.evaltext` does not provide ``EVAL_PROMPTS``
 FALLBACK_PROMPTS: tuple[str, ...] = (
@@ -163,8 +163,8 @@ def measure_speedup(
     new_tokens: int = 32,
     threads: int | None = None,
     time_budget: float = 20.0,
-    warmup: int = 2,
-    min_pairs: int = 6,
+    warmup: int = 1,
+    min_pairs: int | None = None,
     max_pairs: int = 200,
     confidence: float = DEFAULT_CONFIDENCE,
     clock: Callable[[], float] = time.perf_counter,
@@ -175,8 +175,11 @@ def measure_speedup(
     ``threshold`` is the speedup INT8 must reach (FP32 time / INT8 time).
     ``time_budget`` counts the timed pairs only (warm-up excluded); a pair that
     would end past the budget is not started, except that ``min_pairs`` pairs are
-    always taken. ``runner(model, inputs) -> seconds`` replaces the real timed
-    generation (tests); by default :func:`time_generation` with ``clock``.
+    always taken. ``min_pairs`` defaults to the fewest pairs that can give an interval at
+    ``confidence`` (:func:`~pytest_llmquant.stats.pairs_for_an_interval`, 8 at 99%):
+    stopping earlier could only ever decide on the point estimate. ``runner(model,
+    inputs) -> seconds`` replaces the real timed generation (tests); by default
+    :func:`time_generation` with ``clock``.
     """
     import torch
 
@@ -184,6 +187,8 @@ def measure_speedup(
 
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"threshold must be a positive finite speedup factor, got {threshold!r}")
+    if min_pairs is None:
+        min_pairs = pairs_for_an_interval(confidence)
     if new_tokens < 1 or warmup < 0 or min_pairs < 1 or max_pairs < min_pairs:
         raise ValueError(
             f"need new_tokens >= 1, warmup >= 0 and 1 <= min_pairs <= max_pairs; got "

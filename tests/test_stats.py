@@ -194,3 +194,13 @@ def test_input_validation(
 def test_confidence_validation(confidence: float) -> None:
     with pytest.raises(ValueError, match="confidence must be in"):
         decide([1.0] * 5, [0.5] * 5, 1.5, confidence=confidence)
+
+
+@pytest.mark.parametrize("confidence, pairs", [(0.99, 8), (0.95, 6), (0.9, 5)])
+def test_pairs_for_an_interval_is_the_first_finite_interval(confidence: float, pairs: int) -> None:
+    from pytest_llmquant.stats import pairs_for_an_interval
+
+    assert pairs_for_an_interval(confidence) == pairs
+    assert median_ci(range(pairs - 1), confidence)[:2] == (-math.inf, math.inf)
+    low, high, achieved = median_ci(range(pairs), confidence)
+    assert (low, high) == (0, pairs - 1) and achieved >= confidence

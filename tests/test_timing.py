@@ -101,7 +101,7 @@ def test_clear_pass_stops_as_soon_as_the_interval_allows() -> None:
     assert result.int8_ms_per_token == pytest.approx(20.0, rel=0.03)
     assert result.fp32_tokens_per_s == pytest.approx(1000 / result.fp32_ms_per_token)
     assert len(result.fp32_samples) == len(result.int8_samples) == 8
-    assert len(runner.calls) == 2 * (2 + 8)
+    assert len(runner.calls) == 2 * (1 + 8)  # one warm-up pair, then 8 timed pairs
 
 
 def test_clear_fail_stops_early() -> None:
@@ -330,3 +330,15 @@ def test_end_to_end_on_tiny_gpt2(tiny_gpt2_dir: Path, monkeypatch: pytest.Monkey
     assert all(out == prompt + 6 for prompt, out in lengths)
     assert result.new_tokens == 6 and result.prompts == 2 and result.threads == 1
     assert format_speedup(result).startswith("INT8 ")
+
+
+def test_default_min_pairs_is_the_first_count_with_an_interval() -> None:
+    """A budget too short for 8 pairs still takes 8 at 99%: fewer could only give a
+    "close" call on the point estimate, never a clear verdict (the SmolLM2 suite once
+    stopped at 6 pairs with a 0–inf interval)."""
+    result, _, _ = run(jitter(1.0), jitter(0.4), threshold=1.5, time_budget=0.5, warmup=0)
+    assert result.n_pairs == 8 and result.verdict == "pass" and not result.close
+    result, _, _ = run(
+        jitter(1.0), jitter(0.4), threshold=1.5, time_budget=0.5, warmup=0, confidence=0.9
+    )
+    assert result.n_pairs == 5 and not result.close
