@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_llmquant.suite import CHECKS
+
 pytestmark = pytest.mark.slow
 
 
@@ -79,5 +81,78 @@ def test_default_similarity_gate_catches_the_seed_recipe(
         [
             "*quant_similarity failed for smollm2-135m [[]dynamic-int8]: mean KLD * ± * > 0.01; "
             "same-top * ± * < 0.95; PPL * → * (ratio * > 1.02) (over 2048 tokens)",
+        ]
+    )
+
+
+def test_suite_fails_the_seed_recipe_on_quality_only(
+    pytester: pytest.Pytester, smollm2_available: None, shared_cache_dir: Path
+) -> None:
+    """dynamic-int8 quantizes every layer and saves/reloads exactly: only its quality fails."""
+    result = pytester.runpytest_inprocess(
+        "--llmq-model=smollm2-135m",
+        "--llmq-scheme=dynamic-int8",
+        "--llmq-suite",
+        "--llmq-eval-tokens=512",
+        f"--llmq-cache-dir={shared_cache_dir}",
+        "-k",
+        "similarity or coverage or round_trip",
+        "-v",
+        "-p",
+        "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=2, failed=1, deselected=len(CHECKS) - 3)
+    result.stdout.fnmatch_lines_random(
+        [
+            "llmq-suite::coverage[[]smollm2-135m-dynamic-int8] PASSED*",
+            "llmq-suite::round_trip[[]smollm2-135m-dynamic-int8] PASSED*",
+            "llmq-suite::similarity[[]smollm2-135m-dynamic-int8] FAILED*",
+            "*quant_similarity failed for smollm2-135m [[]dynamic-int8]: mean KLD * > 0.01*",
+        ]
+    )
+
+
+PLANTED = """
+import copy
+
+import torch
+
+from pytest_llmquant import get_scheme
+
+
+def pytest_llmq_quantize(model, scheme, config):
+    broken = copy.deepcopy(model)
+    with torch.no_grad():  # a bug that loses one layer: layer 0's MLP output is zero
+        broken.model.layers[0].mlp.down_proj.weight.zero_()
+    return get_scheme("weight-only-int8").quantize(broken)
+"""
+
+
+@pytest.mark.parametrize("planted", [False, True], ids=["good-quantizer", "planted-bug"])
+def test_prompt_property_catches_a_planted_bad_layer(
+    pytester: pytest.Pytester, smollm2_available: None, shared_cache_dir: Path, planted: bool
+) -> None:
+    """The property check passes the real scheme and fails one with a zeroed layer, on a
+    shrunk prompt, naming both top tokens."""
+    if planted:
+        pytester.makeconftest(PLANTED)
+    result = pytester.runpytest_inprocess(
+        "--llmq-model=smollm2-135m",
+        "--llmq-suite",
+        f"--llmq-cache-dir={shared_cache_dir}",
+        "-k",
+        "prompt_property",
+        "-p",
+        "no:cacheprovider",
+    )
+    if not planted:
+        result.assert_outcomes(passed=1, deselected=len(CHECKS) - 1)
+        return
+    result.assert_outcomes(failed=1, deselected=len(CHECKS) - 1)
+    result.stdout.fnmatch_lines(
+        [
+            "*prompt *: next-token KLD * (bound 0.5); FP32 top * vs INT8 top *",
+            "*Falsifying example*",
+            "*prompt=*",
         ]
     )
