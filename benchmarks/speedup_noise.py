@@ -36,12 +36,14 @@ from typing import Any
 FACTORS = (0.8, 1.2)
 
 
-def busy_loop(stop: Any, cpu: int | None) -> None:
-    """Keep one core at 100% until ``stop`` is set (runs in a child process)."""
+def busy_loop(stop: Any, cpu: int | None, parent: int) -> None:
+    """Keep one core at 100% until ``stop`` is set or the parent is gone (runs in a child
+    process: a parent killed by a signal runs no ``finally``, and a busy loop left behind
+    would skew every later measurement on the machine)."""
     if cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {cpu})
     x = 0
-    while not stop.is_set():
+    while not stop.is_set() and os.getppid() == parent:
         for i in range(20_000):
             x ^= i
 
@@ -54,7 +56,7 @@ def start_busy(n: int) -> tuple[Any, list[Any]]:
     procs = []
     for k in range(n):
         cpu = cpus[-1 - (k % len(cpus))] if cpus else None
-        p = ctx.Process(target=busy_loop, args=(stop, cpu), daemon=True)
+        p = ctx.Process(target=busy_loop, args=(stop, cpu, os.getpid()), daemon=True)
         p.start()
         procs.append(p)
     return stop, procs
