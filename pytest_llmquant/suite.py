@@ -1,7 +1,7 @@
 """The built-in regression suite, added to the collection by ``--llmq-suite``.
 
 Each function is one named check, run once per model and scheme with the thresholds
-from the CLI or ini defaults, e.g. ``llmq-suite::similarity[smollm2-135m-dynamic-int8]``.
+from the CLI or ini defaults, e.g. ``llmq-suite::similarity[smollm2-135m-weight-only-int8]``.
 No test code is needed: ``pytest --llmq-model=M --llmq-suite`` tells whether INT8 is
 safe for M. A check that cannot run in this setup skips and says why.
 """
