@@ -63,7 +63,7 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -131,17 +131,15 @@ def strict_json(value: Any) -> Any:
     return str(value)
 
 
-def _atomic_write(path: str | os.PathLike[str], text: str) -> Path:
-    """Write via a temporary file in the same directory and ``os.replace``: readers (and a
-    parallel run) see the old file or the new one, never half of one."""
+def _atomic_file(path: str | os.PathLike[str], suffix: str, write: Callable[[str], None]) -> Path:
+    """``write(tmp)`` a temporary file in the target's directory, then ``os.replace`` it:
+    readers (and a parallel run) see the old file or the new one, never half of one."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write(tmp)
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -150,6 +148,16 @@ def _atomic_write(path: str | os.PathLike[str], text: str) -> Path:
             pass
         raise
     return target
+
+
+def _atomic_write(path: str | os.PathLike[str], text: str) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    return _atomic_file(path, ".tmp", write)
 
 
 def _dump(data: Any) -> str:
@@ -663,19 +671,7 @@ def write_plot(session: Any, path: str | os.PathLike[str]) -> str:
             ax.set_ylabel("KL divergence")
             ax.legend(fontsize=7)
             ax.set_title("KLD(FP32 || INT8): summary (per-token values not recorded)")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    target = _atomic_file(path, ".png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     return f"pytest-llmquant: wrote plot {target}"
 
 

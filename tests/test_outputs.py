@@ -7,7 +7,6 @@ file format is checked without loading a model (or importing torch).
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import sys
@@ -536,40 +535,6 @@ def test_finish_session_is_silent_in_an_xdist_worker(tmp_path: Path) -> None:
 
 # -- the plugin wiring, end to end (no model: the test appends fabricated results) -------------
 
-WIRING = """
-from typing import Any
-
-import pytest
-
-from pytest_llmquant.session import SESSION_KEY
-
-_LLMQ_EXIT = pytest.StashKey["int | None"]()
-
-
-def _finish_outputs(config, terminalreporter):
-    session = config.stash.get(SESSION_KEY, None)
-    if session is None or _LLMQ_EXIT in config.stash:
-        return
-    from pytest_llmquant.outputs import finish_session
-
-    config.stash[_LLMQ_EXIT] = finish_session(session, terminalreporter)
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    _finish_outputs(config, terminalreporter)
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_sessionfinish(session, exitstatus):
-    result = yield
-    config = session.config
-    _finish_outputs(config, config.pluginmanager.get_plugin("terminalreporter"))
-    forced = config.stash.get(_LLMQ_EXIT, None)
-    if forced and session.exitstatus == pytest.ExitCode.OK:
-        session.exitstatus = forced
-    return result
-"""
-
 FABRICATE = """
 import os
 from types import SimpleNamespace
@@ -584,18 +549,10 @@ def test_fabricated(llmq_session):
 """
 
 
-def plugin_is_wired() -> bool:
-    from pytest_llmquant import plugin
-
-    return "finish_session" in inspect.getsource(plugin)
-
-
 def test_plugin_wiring_saves_compares_and_forces_exit_status(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Until plugin.py calls finish_session, a conftest holds the proposed hook code."""
-    if not plugin_is_wired():
-        pytester.makeconftest(WIRING)
+    """The real plugin hooks write, compare and force the exit status."""
     pytester.makepyfile(FABRICATE)
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     base = pytester.path / "base.json"
