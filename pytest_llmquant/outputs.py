@@ -202,9 +202,9 @@ def _opt(config: Any, name: str) -> Any:
     """An option's value, or None without a pytest config (tests pass fake sessions)."""
     if config is None:
         return None
-    from . import options
+    from .settings import resolve
 
-    return options.get(config, name)
+    return getattr(resolve(config), name.removeprefix("llmq_"))
 
 
 def _by_pair(session: Any) -> dict[str, list[Any]]:

@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from . import hooks, options
+from . import hooks, settings
 from .errors import LlmqError, LlmqUsageError
+from .gates import GATE_RUN, gate_marks, outcome, properties, run_gates
 from .marks import MARKERS, marker_line, validate
 from .outputs import strict_json
 from .session import SESSION_KEY, LlmqSession, ModelPair, get_session
@@ -31,7 +32,7 @@ NO_MODEL = (
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    options.addoptions(parser)
+    settings.addoptions(parser)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -45,8 +46,8 @@ def pytest_configure(config: pytest.Config) -> None:
     maybe_register_profile(config)
     for name in MARKERS:
         config.addinivalue_line("markers", marker_line(name))
-    try:
-        config.stash[SESSION_KEY] = LlmqSession.from_config(config)
+    try:  # every option is read and checked here, once: a bad value exits 4 before collection
+        config.stash[SESSION_KEY] = LlmqSession.from_config(config, settings.resolve(config))
     except LlmqUsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     if getattr(config.option, "numprocesses", None) and not in_xdist_worker(config):
@@ -54,10 +55,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # -- collection ------------------------------------------------------------------------
-
-
-def _gate_marks(node: Any) -> list[pytest.Mark]:
-    return [m for m in node.iter_markers() if m.name in MARKERS]
 
 
 def _own_marks(collector: pytest.Collector, obj: Any) -> list[pytest.Mark]:
@@ -192,9 +189,7 @@ def llmq_benchmark(benchmark: Any, llmq_pair: ModelPair, llmq_session: LlmqSessi
     Group = model, extra_info = model, scheme, threads, ms/token, tokens/s, speedup, versions."""
     from .benchmark import LlmqBenchmark
 
-    return LlmqBenchmark(
-        benchmark, llmq_pair, llmq_session, options.get(llmq_session.config, "llmq_new_tokens")
-    )
+    return LlmqBenchmark(benchmark, llmq_pair, llmq_session, llmq_session.settings.new_tokens)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -202,7 +197,8 @@ def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
     """``--llmq-suite`` adds the built-in checks, even when there are no user tests."""
-    if options.get(config, "llmq_suite"):
+    session_state = config.stash.get(SESSION_KEY, None)
+    if session_state is not None and session_state.settings.suite:
         from .suite import collect_suite
 
         items.extend(collect_suite(session))
@@ -230,59 +226,52 @@ class WorkerResults:
                 self.session.results.append(result_from_dict(json.loads(value)))
 
 
-XDIST_TIMING = (
-    "timing gates do not run under xdist: parallel workers share the CPU and "
-    "distort the timings; run them without -n"
-)
-
-
 # -- gates ---------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """After a marked test body passed, measure its pair here, in the call phase: the time
+    counts in --durations, and whatever the model raises fails this test only."""
+    result = yield  # the test body; its own failure propagates unchanged
+    marks = gate_marks(item)
+    if not marks:
+        return result
+    pair = getattr(item, "funcargs", {}).get("llmq_pair")
+    if pair is None:  # the fixture errored in setup, and that error is the test's outcome
+        return result
+    run = run_gates(
+        marks,
+        pair,
+        get_session(item.config),
+        nodeid=item.nodeid,
+        xdist=in_xdist_worker(item.config),
+    )
+    item.stash[GATE_RUN] = run
+    for gate_result in run.results:  # as record_property does: junit-xml writes these
+        item.user_properties.extend(properties(gate_result))
+    outcome(run)
+    return result
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, Any, Any]:
-    """After a marked test body passed, measure its pair and fail the test on a broken gate."""
+    """Attach what the gates measured: a section per gate, and for an xdist controller
+    the results themselves (on the call report only, so each arrives once)."""
     report = yield
-    if call.when != "call" or not report.passed:
+    run = item.stash.get(GATE_RUN, None)
+    if call.when != "call" or run is None:
         return report
-    marks = _gate_marks(item)
-    if not marks:
-        return report
-    session = get_session(item.config)
-    pair = getattr(item, "funcargs", {}).get("llmq_pair")
-    failures, skips = [], []
-    for mark in reversed(marks):  # in the order they are written, top to bottom
-        if mark.name == "quant_speedup" and in_xdist_worker(item.config):
-            skips.append(XDIST_TIMING)
-            continue
-        try:
-            result = MARKERS[mark.name](*mark.args, **mark.kwargs, pair=pair, session=session)
-        except LlmqError as exc:
-            failures.append(
-                f"{mark.name} could not measure {pair.name if pair else item.nodeid}: {exc}"
-            )
-            continue
-        result.test = item.nodeid
-        session.results.append(result)
-        for key, value in result.measurement.items():
-            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-                report.user_properties.append((f"llmq.{result.gate}.{key}", value))
+    for result in run.results:
         if in_xdist_worker(item.config):  # the controller writes the reports: send it the result
             report.user_properties.append(
                 (RESULT_PROPERTY, json.dumps(strict_json(result.as_dict())))
             )
-        report.sections.append((f"llmquant {result.gate}", result.long_repr))
-        if not result.passed:
-            failures.append(result.long_repr)
-    if failures:
-        report.outcome = "failed"
-        report.longrepr = "\n\n".join(failures)
-    elif skips:
-        path, lineno, _ = item.reportinfo()
-        report.outcome = "skipped"
-        report.longrepr = (str(path), (lineno or 0) + 1, f"Skipped: {skips[0]}")
+        report.sections.append(
+            (f"llmquant {result.gate}", f"{result.long_repr}\n(measured in {result.seconds:.1f} s)")
+        )
     return report
 
 

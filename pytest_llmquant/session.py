@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import options
 from .errors import LlmqError, LlmqUsageError
+from .settings import Settings, set_where
 from .sources import ModelSource, resolve, unique_labels
 
 if TYPE_CHECKING:
@@ -51,17 +51,13 @@ class ModelPair:
 
 @dataclass
 class LlmqSession:
-    config: pytest.Config
+    config: pytest.Config  # for hooks only; settings are read from ``settings``
+    settings: Settings
     sources: list[ModelSource]
     labels: list[str]
     schemes: list[str]
-    device: str
-    threads: int
-    trust_remote_code: bool
-    cache_dir: str | None
     _fp32: dict[str, Any] = field(default_factory=dict)
     _int8: dict[tuple[str, str], Any] = field(default_factory=dict)
-    int8_path: str | None = None  # --llmq-int8-model: test this checkpoint, quantize nothing
     _cache: ModelCache | None = None
     load_times: dict[str, float] = field(default_factory=dict)
     load_notes: dict[str, str] = field(default_factory=dict)
@@ -71,31 +67,42 @@ class LlmqSession:
     benchmark_medians: dict[tuple[str, str, str], float] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, config: pytest.Config) -> LlmqSession:
+    def from_config(cls, config: pytest.Config, settings: Settings) -> LlmqSession:
         from .schemes import DEFAULT_SCHEME, check_name
 
-        specs = options.get(config, "llmq_model")
-        sources = [resolve(s) for s in specs]
-        schemes = options.get(config, "llmq_scheme") or [DEFAULT_SCHEME]
+        def checked(name: str, check: Any, value: Any) -> Any:
+            try:
+                return check(value)
+            except LlmqUsageError as exc:
+                raise LlmqUsageError(f"{exc} ({set_where(settings, name)})") from None
+
+        sources = [checked("model", resolve, s) for s in settings.model]
+        schemes = list(settings.scheme) or [DEFAULT_SCHEME]
         for s in schemes:
-            check_name(s)
-        int8_path = options.get(config, "llmq_int8_model")
-        if int8_path:
+            checked("scheme", check_name, s)
+        if settings.int8_model:
             from .loading import int8_checkpoint_label
 
-            schemes = [int8_checkpoint_label(int8_path)]
-        threads = options.get(config, "llmq_threads") or options.default_threads()
+            schemes = [checked("int8_model", int8_checkpoint_label, settings.int8_model)]
         return cls(
             config=config,
+            settings=settings,
             sources=sources,
             labels=unique_labels(sources),
             schemes=list(dict.fromkeys(schemes)),
-            device=options.get(config, "llmq_device"),
-            threads=threads,
-            trust_remote_code=options.get(config, "llmq_trust_remote_code"),
-            cache_dir=options.get(config, "llmq_cache_dir"),
-            int8_path=int8_path,
         )
+
+    @property
+    def device(self) -> str:
+        return self.settings.device
+
+    @property
+    def threads(self) -> int:
+        return self.settings.threads
+
+    @property
+    def int8_path(self) -> str | None:
+        return self.settings.int8_model
 
     def label_of(self, spec: str) -> str:
         for src, label in zip(self.sources, self.labels, strict=False):
@@ -108,7 +115,7 @@ class LlmqSession:
         if self._cache is None:
             from .cache import ModelCache
 
-            self._cache = ModelCache(self.cache_dir)
+            self._cache = ModelCache(self.settings.cache_dir)
         return self._cache
 
     def _torch_setup(self) -> None:
@@ -130,7 +137,7 @@ class LlmqSession:
                     spec,
                     device=self.device,
                     cache=self.cache,
-                    trust_remote_code=self.trust_remote_code,
+                    trust_remote_code=self.settings.trust_remote_code,
                 )
             except LlmqError as exc:
                 self._fp32[spec] = exc
@@ -186,13 +193,13 @@ class LlmqSession:
 
         key = ("similarity", *pair.key)
         if key not in self.measurements:
-            text = load_eval_text(options.get(self.config, "llmq_eval_text"))
+            text = load_eval_text(self.settings.eval_text)
             self.measurements[key] = measure_similarity(
                 pair.fp32,
                 pair.int8,
                 pair.tokenizer,
                 text=text,
-                n_tokens=options.get(self.config, "llmq_eval_tokens"),
+                n_tokens=self.settings.eval_tokens,
             )
         return self.measurements[key]
 
@@ -207,9 +214,9 @@ class LlmqSession:
                 pair.int8,
                 pair.tokenizer,
                 threshold=threshold,
-                new_tokens=options.get(self.config, "llmq_new_tokens"),
+                new_tokens=self.settings.new_tokens,
                 threads=self.threads,
-                time_budget=options.get(self.config, "llmq_time_budget"),
+                time_budget=self.settings.time_budget,
             )
         return self.measurements[key]
 

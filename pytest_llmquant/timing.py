@@ -183,7 +183,7 @@ def measure_speedup(
     """
     import torch
 
-    from .options import default_threads
+    from .settings import default_threads
 
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"threshold must be a positive finite speedup factor, got {threshold!r}")

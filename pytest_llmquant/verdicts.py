@@ -39,6 +39,7 @@ class GateResult:
     thresholds: dict[str, Any] = field(default_factory=dict)
     close: bool = False
     test: str = ""
+    seconds: float = 0.0  # wall time of the measurement behind this verdict, in this test
 
     @property
     def long_repr(self) -> str:
@@ -51,6 +52,7 @@ class GateResult:
             "test": self.test,
             "passed": self.passed,
             "close": self.close,
+            "seconds": round(self.seconds, 3),
             "message": self.message,
             "thresholds": self.thresholds,
             "measurement": self.measurement,
@@ -74,6 +76,7 @@ def result_from_dict(data: dict[str, Any]) -> GateResult:
         data.get("thresholds", {}),
         data.get("close", False),
         data.get("test", ""),
+        data.get("seconds", 0.0),
     )
 
 

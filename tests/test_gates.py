@@ -192,7 +192,7 @@ def test_summary_table_per_model(pytester: pytest.Pytester, tiny_gpt2_dir: Path)
         ),
         (
             "quant_similarity(min_same_top=1.5)",
-            "@pytest.mark.quant_similarity min_same_top=1.5 must be a finite number in (0, 1.0]",
+            "@pytest.mark.quant_similarity min_same_top=1.5 must be a finite number in (0, 1]",
         ),
         (
             "quant_memory(2.0, kind='vram')",

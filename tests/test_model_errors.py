@@ -22,7 +22,8 @@ def usage_error(pytester: pytest.Pytester, *args: str) -> str:
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     lines = [line for line in result.stderr.lines if line.startswith("ERROR:")]
     assert len(lines) == 1, result.stderr.lines
-    return lines[0]
+    assert "on the command line" in lines[0], "the error says where the value was set"
+    return lines[0].removesuffix(" (set on the command line)")
 
 
 def load_error(pytester: pytest.Pytester, *args: str, test: str = NEEDS_MODEL) -> str:

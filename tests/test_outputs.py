@@ -503,17 +503,6 @@ def test_finish_session_forces_failure_on_a_regression(tmp_path: Path) -> None:
     assert tr.lines == [f"pytest-llmquant: no regression against baseline {base}"]
 
 
-def test_finish_session_missing_baseline_is_a_usage_error(tmp_path: Path) -> None:
-    missing = tmp_path / "none.json"
-    tr = Terminal()
-    session = fake_session(all_three(), config=fake_config(llmq_baseline=str(missing)))
-    assert outputs.finish_session(session, tr) == 4
-    assert tr.lines == [
-        f"pytest-llmquant: baseline file {missing} does not exist; "
-        f"create it with --llmq-save-baseline={missing} on a good run"
-    ]
-
-
 def test_finish_session_does_not_overwrite_a_baseline_with_nothing(tmp_path: Path) -> None:
     base = tmp_path / "base.json"
     base.write_text("keep")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -149,10 +151,12 @@ def test_prompt_property_catches_a_planted_bad_layer(
         result.assert_outcomes(passed=1, deselected=len(CHECKS) - 1)
         return
     result.assert_outcomes(failed=1, deselected=len(CHECKS) - 1)
-    result.stdout.fnmatch_lines(
-        [
-            "*prompt *: next-token KLD * (bound 0.5); FP32 top * vs INT8 top *",
-            "*Falsifying example*",
-            "*prompt=*",
-        ]
+    # Our own message names the prompt hypothesis ended on; hypothesis's own wording of the
+    # falsifying example changes between releases, so only its behaviour is pinned: the
+    # zeroed layer breaks every prompt, so the example is shrunk to a few characters.
+    found = re.findall(
+        r"prompt ('.*?'|\".*?\"): next-token KLD \S+ \(bound 0\.5\); FP32 top .+ vs INT8 top ",
+        result.stdout.str(),
     )
+    assert found, result.stdout.str()
+    assert len(ast.literal_eval(found[-1])) <= 5, found[-1]

@@ -212,7 +212,7 @@ def test_threads_are_restored_when_a_run_raises() -> None:
 
 
 def test_default_threads_are_all_usable_cores() -> None:
-    from pytest_llmquant.options import default_threads
+    from pytest_llmquant.settings import default_threads
 
     result, _, _ = run(jitter(1.28), jitter(0.64), threads=None)
     assert result.threads == default_threads()

@@ -1,0 +1,419 @@
+"""Every setting of the plugin, declared once and resolved once.
+
+Each setting is a CLI flag, an environment variable and an ini key with the same name
+(``--llmq-max-kl``, ``PYTEST_LLMQ_MAX_KL``, ``llmq_max_kl``). Precedence, highest first:
+marker argument (gate thresholds only), CLI flag, environment, ini key, built-in default,
+as pytest-timeout does. :func:`resolve` runs once in ``pytest_configure``: every bad value
+of every option is a usage error (exit 4) before collection, naming the option, where the
+value came from and the fix. Test-time code reads the frozen :class:`Settings`, never the
+pytest config.
+
+The value checks of the gate thresholds are the same functions the markers use
+(:data:`THRESHOLDS`), so the command line and a marker accept the same ranges and say
+the same thing about a bad value.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from .errors import LlmqUsageError
+
+
+def default_threads() -> int:
+    """All cores this process may run on (respects taskset / cgroup affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
+
+
+# -- value checks: each returns the parsed value or raises ValueError("must be ...") ---------
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("is a boolean")
+    if isinstance(value, str):
+        value = float(value)  # "abc" raises ValueError
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"is a {type(value).__name__}")
+    return float(value)
+
+
+def positive_number(value: Any) -> float:
+    """A finite number > 0 (a bound on KLD, a ratio, a speedup, seconds)."""
+    try:
+        number = _number(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError("must be a finite number > 0")
+    return number
+
+
+def fraction(value: Any) -> float:
+    """A share in (0, 1] (top-1 agreement)."""
+    try:
+        number = _number(value)
+    except ValueError:
+        number = math.nan
+    if not (0 < number <= 1):
+        raise ValueError("must be a finite number in (0, 1]")
+    return number
+
+
+def positive_int(value: Any) -> int:
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
+        raise ValueError("must be a positive integer")
+    return int(text)
+
+
+_DEVICE = re.compile(r"(cpu|cuda(:[0-9]+)?|mps|xpu(:[0-9]+)?)")
+
+
+def device(value: Any) -> str:
+    text = str(value).strip()
+    if not _DEVICE.fullmatch(text):
+        raise ValueError("must be a device like cpu, cuda or cuda:1")
+    return text
+
+
+def text(value: Any) -> str:
+    return str(value).strip()
+
+
+def existing_file(value: Any) -> str:
+    path = os.path.expanduser(str(value).strip())
+    if not os.path.isfile(path):
+        raise ValueError("must be an existing file (no such file)")
+    return path
+
+
+def writable_path(value: Any) -> str:
+    path = os.path.expanduser(str(value).strip())
+    parent = os.path.dirname(os.path.abspath(path))
+    if not path or os.path.isdir(path) or not os.path.isdir(parent):
+        raise ValueError("must be a file path in an existing directory")
+    return path
+
+
+def directory(value: Any) -> str:
+    path = os.path.expanduser(str(value).strip())
+    if not path or (os.path.exists(path) and not os.path.isdir(path)):
+        raise ValueError("must be a directory (it is a file)")
+    return path
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+#: The marker-argument checks, by argument name; the CLI/env/ini values use the same ones.
+THRESHOLDS: dict[str, Callable[[Any], float]] = {
+    "max_kl": positive_number,
+    "min_same_top": fraction,
+    "max_ppl_ratio": positive_number,
+    "min_speedup": positive_number,
+    "min_ratio": positive_number,
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # attribute of Settings; the ini key is "llmq_" + name
+    help: str
+    check: Callable[[Any], Any] = text
+    default: Any = None
+    multiple: bool = False  # repeatable flag / comma-separated / ini "linelist"
+    flag: bool = False  # a boolean switch
+    example: str = ""  # a valid value, for the error message
+    fix: str = "fix the value"
+
+    @property
+    def key(self) -> str:
+        return "llmq_" + self.name
+
+    @property
+    def cli(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "PYTEST_" + self.key.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "model",
+        "model to test: hub id, local directory, .gguf file or the alias "
+        "'smollm2-135m'; repeat to test several",
+        multiple=True,
+        default=(),
+    ),
+    Option(
+        "scheme",
+        "INT8 scheme(s) to build the INT8 model with; comma-separated or repeated "
+        "(see the README for the list)",
+        multiple=True,
+        default=(),
+    ),
+    Option("device", "device to run both models on", check=device, default="cpu", example="cpu"),
+    Option(
+        "cache_dir",
+        "where converted FP32 weights and the INT8 kernel are cached "
+        "(default: $XDG_CACHE_HOME/pytest-llmquant)",
+        check=directory,
+        fix="pass a directory",
+    ),
+    Option(
+        "threads",
+        "torch threads for every measurement (default: all cores)",
+        check=positive_int,
+        example="1",
+    ),
+    Option(
+        "trust_remote_code",
+        "allow models whose code lives in the model repo (runs that code!)",
+        check=boolean,
+        flag=True,
+        default=False,
+    ),
+    Option(
+        "int8_model",
+        "a pre-quantized INT8 model to test instead of quantizing the FP32 model",
+    ),
+    Option(
+        "eval_text",
+        "UTF-8 text file to measure similarity on (default: a built-in corpus made from "
+        "Python's own docstrings)",
+        check=existing_file,
+        example="eval.txt",
+    ),
+    Option(
+        "eval_tokens",
+        "tokens scored by the similarity gate",
+        check=positive_int,
+        default=2048,
+        example="2048",
+    ),
+    Option(
+        "max_kl",
+        "default quant_similarity bound on mean KL divergence",
+        check=THRESHOLDS["max_kl"],
+        default=0.01,
+        example="0.01",
+    ),
+    Option(
+        "min_same_top",
+        "default quant_similarity bound on top-1 agreement",
+        check=THRESHOLDS["min_same_top"],
+        default=0.95,
+        example="0.95",
+    ),
+    Option(
+        "max_ppl_ratio",
+        "default quant_similarity bound on PPL(INT8)/PPL(FP32)",
+        check=THRESHOLDS["max_ppl_ratio"],
+        default=1.02,
+        example="1.02",
+    ),
+    Option(
+        "min_speedup",
+        "default quant_speedup threshold (INT8 vs reference generation)",
+        check=THRESHOLDS["min_speedup"],
+        default=1.0,
+        example="1.2",
+    ),
+    Option(
+        "min_memory_ratio",
+        "default quant_memory threshold (reference bytes / INT8 bytes)",
+        check=THRESHOLDS["min_ratio"],
+        default=2.0,
+        example="2.0",
+    ),
+    Option(
+        "time_budget",
+        "seconds the speedup gate may sample before it decides",
+        check=positive_number,
+        default=20.0,
+        example="20",
+    ),
+    Option(
+        "new_tokens",
+        "tokens generated per timed run",
+        check=positive_int,
+        default=32,
+        example="32",
+    ),
+    Option(
+        "suite",
+        "add the built-in regression suite to the collection",
+        check=boolean,
+        flag=True,
+        default=False,
+    ),
+    Option(
+        "report",
+        "write every measurement and verdict to this JSON file",
+        check=writable_path,
+        fix="create the directory or pass another path",
+    ),
+    Option(
+        "report_md",
+        "write a Markdown summary to this file (default: $GITHUB_STEP_SUMMARY when set)",
+        check=writable_path,
+        fix="create the directory or pass another path",
+    ),
+    Option(
+        "save_baseline",
+        "write measured metrics to this JSON baseline file",
+        check=writable_path,
+        fix="create the directory or pass another path",
+    ),
+    Option(
+        "baseline",
+        "fail when a metric is worse than in this baseline file",
+        check=existing_file,
+        fix="create it with --llmq-save-baseline=FILE on a good run",
+    ),
+)
+
+BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def addoptions(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmquant", "quantized LLM testing (pytest-llmquant)")
+    for opt in OPTIONS:
+        metavar = opt.name.upper()
+        if opt.flag:
+            group.addoption(opt.cli, action="store_true", default=None, dest=opt.key, help=opt.help)
+            parser.addini(opt.key, opt.help, default=None)
+        elif opt.multiple:
+            group.addoption(
+                opt.cli, action="append", default=None, dest=opt.key, metavar=metavar, help=opt.help
+            )
+            parser.addini(opt.key, opt.help, type="linelist", default=[])
+        else:
+            group.addoption(
+                opt.cli, action="store", default=None, dest=opt.key, metavar=metavar, help=opt.help
+            )
+            parser.addini(opt.key, opt.help, default=None)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option's value for this run, resolved and checked once at start-up."""
+
+    model: tuple[str, ...] = ()
+    scheme: tuple[str, ...] = ()
+    device: str = "cpu"
+    cache_dir: str | None = None
+    threads: int = 1
+    trust_remote_code: bool = False
+    int8_model: str | None = None
+    eval_text: str | None = None
+    eval_tokens: int = 2048
+    max_kl: float = 0.01
+    min_same_top: float = 0.95
+    max_ppl_ratio: float = 1.02
+    min_speedup: float = 1.0
+    min_memory_ratio: float = 2.0
+    time_budget: float = 20.0
+    new_tokens: int = 32
+    suite: bool = False
+    report: str | None = None
+    report_md: str | None = None
+    save_baseline: str | None = None
+    baseline: str | None = None
+    #: option name -> where its value came from: "CLI", "env", "ini" or "default"
+    origin: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+def _split(values: Any, commas: bool) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        parts = str(v).split(",") if commas else [str(v)]
+        out.extend(p.strip() for p in parts if p.strip())
+    return out
+
+
+def _raw(config: pytest.Config, opt: Option) -> tuple[Any, str, str]:
+    """The highest-precedence value given for ``opt``, where it came from, and how to name it."""
+    cli = config.getoption(opt.key, default=None)
+    if cli is not None and cli != []:
+        return cli, "CLI", opt.cli
+    env = os.environ.get(opt.env)
+    if env is not None and env.strip():
+        return ([env] if opt.multiple else env), "env", opt.env
+    ini = config.getini(opt.key)
+    if ini not in (None, "", []):
+        return ini, "ini", f"ini key {opt.key}"
+    return None, "default", opt.cli
+
+
+_WHERE = {"CLI": "on the command line", "env": "in the environment", "ini": "in the ini file"}
+
+
+def _bad(opt: Option, label: str, origin: str, raw: Any, why: str) -> LlmqUsageError:
+    shown = raw if not isinstance(raw, list) else ",".join(map(str, raw))
+    example = f" (e.g. {opt.cli}={opt.example})" if opt.example else ""
+    return LlmqUsageError(f"{label}={shown!r} {_WHERE[origin]}: {why}; {opt.fix}{example}")
+
+
+def set_where(settings: Settings, name: str) -> str:
+    """Where an option's value was set, for errors found after resolving (a model path)."""
+    origin = settings.origin.get(name, "default")
+    opt = BY_NAME[name]
+    return {
+        "CLI": "set on the command line",
+        "env": f"set in the environment ({opt.env})",
+        "ini": f"set by the ini key {opt.key}",
+        "default": "the default",
+    }[origin]
+
+
+def resolve(config: pytest.Config) -> Settings:
+    """Read every option once; the first bad value raises a one-line usage error."""
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for opt in OPTIONS:
+        raw, source, label = _raw(config, opt)
+        origin[opt.name] = source
+        if raw is None:
+            default = opt.default
+            values[opt.name] = tuple(default) if opt.multiple else default
+            continue
+        try:
+            if opt.multiple:
+                values[opt.name] = tuple(_split(raw, commas=opt.name != "model"))
+            else:
+                values[opt.name] = opt.check(raw)
+        except (TypeError, ValueError) as exc:
+            raise _bad(opt, label, source, raw, str(exc).split(";")[0]) from None
+    if values["threads"] is None:
+        values["threads"] = default_threads()
+    return Settings(**values, origin=origin)
+
+
+def threshold(name: str, value: Any, where: str, example: str) -> float:
+    """Check one marker argument with the CLI's check (the same range, the same words)."""
+    try:  # a marker argument is a Python number, never text: "1.2" is refused like "fast"
+        return THRESHOLDS[name](math.nan if isinstance(value, str) else value)
+    except (TypeError, ValueError) as exc:
+        raise LlmqUsageError(f"{where} {name}={value!r} {exc}, e.g. {example}") from None
