@@ -26,7 +26,7 @@ _LAZY = {
     "QuantScheme": "pytest_llmquant.schemes.base",
     "get_scheme": "pytest_llmquant.schemes",
     "load_fp32": "pytest_llmquant.loading",
-    "build_int8": "pytest_llmquant.loading",
+    "build_int8": "pytest_llmquant.int8.build",
     "LlmqError": "pytest_llmquant.errors",
     "LlmqUsageError": "pytest_llmquant.errors",
 }

@@ -1,4 +1,4 @@
-"""Load the FP32 model and tokenizer, and build the INT8 copy.
+"""Load the FP32 (reference) model and its tokenizer.
 
 All torch/transformers imports happen inside these functions: they run only when a
 test asks for a model fixture. Every failure a user can cause is turned into one
@@ -9,19 +9,14 @@ test asks for a model fixture. Every failure a user can cause is turned into one
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .cache import ModelCache
-from .errors import LlmqModelError, LlmqUsageError
-from .layers import Coverage, coverage, linear_like_layers
+from .errors import LlmqUsageError
 from .sources import ModelSource, resolve
-
-if TYPE_CHECKING:
-    from torch import nn
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -123,7 +118,7 @@ def _check_causal(location: str, source: ModelSource, kwargs: dict[str, Any]) ->
         )
 
 
-def _from_pretrained(
+def load_pretrained(
     location: str, source: ModelSource, *, trust_remote_code: bool, gguf_file: str | None = None
 ) -> tuple[Any, Any]:
     import warnings
@@ -174,7 +169,7 @@ def _load_gguf_cached(
     """GGUF dequantization costs ~15-30 s; do it once and keep FP32 safetensors."""
 
     def build(directory: Path) -> None:
-        model, tokenizer = _from_pretrained(
+        model, tokenizer = load_pretrained(
             source.gguf_dir, source, gguf_file=source.gguf_name, trust_remote_code=trust_remote_code
         )
         _forget_gguf_quantizer(model)
@@ -182,7 +177,7 @@ def _load_gguf_cached(
         tokenizer.save_pretrained(directory)
 
     entry = cache.get_or_build("fp32", source.location, _gguf_fingerprint(source.location), build)
-    return _from_pretrained(str(entry), source, trust_remote_code=False)
+    return load_pretrained(str(entry), source, trust_remote_code=False)
 
 
 def _finish(model: Any, tokenizer: Any, device: str) -> tuple[Any, Any]:
@@ -223,128 +218,11 @@ def load_fp32(
         )
     elif source.kind == "dir":
         _check_local_dir(Path(source.location), spec, trust_remote_code)
-        model, tokenizer = _from_pretrained(
+        model, tokenizer = load_pretrained(
             source.location, source, trust_remote_code=trust_remote_code
         )
     else:
-        model, tokenizer = _from_pretrained(
+        model, tokenizer = load_pretrained(
             source.location, source, trust_remote_code=trust_remote_code
         )
     return _finish(model, tokenizer, device)
-
-
-def probe_logits(model: Any) -> Any:
-    """Logits on a fixed input: used to prove quantizing left the FP32 model untouched."""
-    import torch
-
-    vocab = int(model.get_input_embeddings().weight.shape[0])
-    device = next(model.parameters()).device
-    ids = (torch.arange(8, device=device) * 7919 % vocab).unsqueeze(0)
-    with torch.inference_mode():
-        return model(ids).logits.clone()
-
-
-def build_int8(
-    fp32_model: nn.Module,
-    scheme: str,
-    *,
-    device: str = "cpu",
-    calibration: list[Any] | None = None,
-    label: str = "the model",
-    quantize_hook: Any = None,
-) -> tuple[nn.Module, Coverage]:
-    """Quantize a private deep copy and check coverage; the FP32 model is never touched."""
-    import torch
-
-    from .schemes import get_scheme
-
-    quant = get_scheme(scheme)
-    quant.check_device(device)
-    if not linear_like_layers(fp32_model):
-        raise LlmqUsageError(
-            f"{label} has no quantizable linear layers (no nn.Linear or Conv1D), so {scheme!r} "
-            "would return it unchanged; test a model with linear layers"
-        )
-    before = probe_logits(fp32_model)
-    int8_model = None
-    if quantize_hook is not None:
-        int8_model = quantize_hook(model=fp32_model, scheme=scheme, config={"device": device})
-    if int8_model is None:
-        work = copy.deepcopy(fp32_model)
-        quant.prepare(work, calibration)
-        int8_model = quant.quantize(work)
-    int8_model.eval()
-    if not torch.equal(before, probe_logits(fp32_model)):
-        raise LlmqModelError(
-            f"quantizing {label} with {scheme!r} changed the FP32 model; a quantizer must work "
-            "on a copy (copy.deepcopy) so the gates compare against the real FP32 model"
-        )
-    cov = coverage(fp32_model, int8_model)
-    if not cov.quantized:
-        raise LlmqUsageError(
-            f"{scheme!r} quantized none of the {cov.total} linear layers of {label}; the INT8 "
-            "model would be FP32 in disguise — check the scheme"
-        )
-    return int8_model, cov
-
-
-SEED_SAVE_HINT = (
-    "save_pretrained cannot serialize torch.ao quantized layers (they hold packed params, not "
-    "tensors), and a plain reload of such a save gives FP32 weights back; save the INT8 model with "
-    "pytest_llmquant.get_scheme('dynamic-int8').save(model, dir) instead"
-)
-
-
-def int8_checkpoint_label(path: str) -> str:
-    """The scheme name a ``--llmq-int8-model`` checkpoint was made with (for test ids)."""
-    from .schemes.base import RECIPE_FILE, QuantScheme
-
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise LlmqUsageError(
-            f"--llmq-int8-model={path}: no such directory; pass a directory saved by a "
-            "pytest-llmquant scheme or a transformers quantized checkpoint"
-        )
-    if (p / RECIPE_FILE).exists():
-        return str(QuantScheme.read_recipe(p)["scheme"])
-    try:
-        config = json.loads((p / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        config = {}
-    quant = config.get("quantization_config") or {}
-    if quant:
-        return str(quant.get("quant_method", "pretrained-int8"))
-    names = {f.name for f in p.iterdir()}
-    if names & {"pytorch_model.bin", "model.pt", "quantized_model.pt"}:
-        raise LlmqUsageError(
-            f"--llmq-int8-model={path} holds a pickle, not an INT8 checkpoint: {SEED_SAVE_HINT}"
-        )
-    raise LlmqUsageError(
-        f"--llmq-int8-model={path} is not quantized (no llmq-recipe.json, no quantization_config "
-        f"in config.json): {SEED_SAVE_HINT}"
-    )
-
-
-def load_int8_checkpoint(
-    path: str, fp32_model: Any, *, device: str = "cpu"
-) -> tuple[Any, Coverage]:
-    """Load a pre-quantized INT8 model: ours (recipe + safetensors) or a transformers-format
-    quantized checkpoint (torchao / quanto) that ``from_pretrained`` can load."""
-    from .schemes import get_scheme
-    from .schemes.base import RECIPE_FILE, QuantScheme
-
-    p = Path(path).expanduser()
-    label = int8_checkpoint_label(path)
-    if (p / RECIPE_FILE).exists():
-        model = get_scheme(QuantScheme.read_recipe(p)["scheme"]).load(p, device=device)
-    else:
-        source = ModelSource(path, "dir", p.name, str(p))
-        model, _ = _from_pretrained(str(p), source, trust_remote_code=False)
-        model = model.to(device).eval()
-    cov = coverage(fp32_model, model)
-    if not cov.quantized:
-        raise LlmqUsageError(
-            f"--llmq-int8-model={path} ({label}) has none of the FP32 model's {cov.total} linear "
-            "layers quantized; is it the INT8 copy of --llmq-model?"
-        )
-    return model, cov

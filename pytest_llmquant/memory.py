@@ -416,7 +416,7 @@ def peak_rss(
     """Peak RSS in bytes of a fresh process that loads the model and generates 8 tokens.
 
     ``precision="int8"`` loads the FP32 model and builds the INT8 copy in that process
-    (``loading.build_int8``), so its peak includes the FP32 model it was built from;
+    (``int8.build.build_int8``), so its peak includes the FP32 model it was built from;
     the ``serve_peak_bytes`` of :func:`probe` is the peak after the FP32 model is freed.
     The number includes the interpreter, torch and transformers: subtract
     :func:`baseline_rss` to get the model's share.

@@ -19,7 +19,7 @@ to the new address space only, and writing ``5`` to ``/proc/self/clear_refs`` re
 it, which is how the serve phase is measured apart from loading.
 
 Modes: ``fp32`` (``loading.load_fp32``), ``int8`` (``load_fp32`` then
-``loading.build_int8``, then the FP32 model is deleted), and ``baseline``: the same
+``int8.build.build_int8``, then the FP32 model is deleted), and ``baseline``: the same
 imports, the same tokenizer and config, the model class built on the meta device (no
 weights) and one small matmul to start torch's thread pool. Subtracting the baseline
 leaves the memory of the weights and of generating with them.
@@ -107,7 +107,8 @@ def _baseline(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _model(args: dict[str, Any], mode: str) -> tuple[Any, Any, dict[str, Any]]:
-    from .loading import build_int8, load_fp32
+    from .int8.build import build_int8
+    from .loading import load_fp32
 
     device = str(args.get("device", "cpu"))
     model, tokenizer = load_fp32(

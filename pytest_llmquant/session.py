@@ -81,7 +81,7 @@ class LlmqSession:
         for s in schemes:
             checked("scheme", check_name, s)
         if settings.int8_model:
-            from .loading import int8_checkpoint_label
+            from .int8.checkpoint import int8_checkpoint_label
 
             schemes = [checked("int8_model", int8_checkpoint_label, settings.int8_model)]
         return cls(
@@ -155,14 +155,14 @@ class LlmqSession:
         """The INT8 copy of ``fp32_model`` (default: the loaded FP32 model of ``spec``)."""
         key = (spec, scheme)
         if key not in self._int8:
-            from .loading import build_int8
+            from .int8.build import build_int8
 
             model = fp32_model if fp32_model is not None else self.fp32(spec)[0]
             label = self.label_of(spec)
             hook = self.config.hook.pytest_llmq_quantize
             try:
                 if self.int8_path:
-                    from .loading import load_int8_checkpoint
+                    from .int8.checkpoint import load_int8_checkpoint
 
                     self._int8[key] = load_int8_checkpoint(
                         self.int8_path, model, device=self.device

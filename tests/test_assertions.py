@@ -17,7 +17,7 @@ from pytest_llmquant import (
 
 @pytest.fixture(scope="module")
 def models(tiny_gpt2_dir: Path):
-    from pytest_llmquant.loading import build_int8, load_fp32
+    from pytest_llmquant import build_int8, load_fp32
 
     fp32, tok = load_fp32(str(tiny_gpt2_dir))
     int8, _ = build_int8(fp32, "dynamic-int8")

@@ -80,7 +80,7 @@ def test_quantize_hook(pytester: pytest.Pytester, tiny_gpt2_dir: Path) -> None:
 def test_pre_quantized_checkpoint(
     pytester: pytest.Pytester, tiny_gpt2_dir: Path, tmp_path: Path
 ) -> None:
-    from pytest_llmquant.loading import build_int8, load_fp32
+    from pytest_llmquant import build_int8, load_fp32
     from pytest_llmquant.schemes import get_scheme
 
     fp32, _ = load_fp32(str(tiny_gpt2_dir))
@@ -94,12 +94,12 @@ def test_pre_quantized_checkpoint(
     )
 
 
-def test_seed_style_save_is_explained(
+def test_a_plain_save_pretrained_of_a_torch_ao_dynamic_model_is_explained(
     pytester: pytest.Pytester, tiny_gpt2_dir: Path, tmp_path: Path
 ) -> None:
     import shutil
 
-    fake = tmp_path / "seed-save"
+    fake = tmp_path / "plain-save"
     shutil.copytree(tiny_gpt2_dir, fake)  # what a plain save_pretrained/reload leaves: FP32
     pytester.makepyfile(GATED)
     result = run(pytester, tiny_gpt2_dir, f"--llmq-int8-model={fake}")
