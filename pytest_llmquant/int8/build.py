@@ -29,6 +29,18 @@ def probe_logits(model: Any) -> Any:
         return model(ids).logits.clone()
 
 
+def private_copy(model: nn.Module, *, share_float_weights: bool) -> nn.Module:
+    """A copy the quantizer may change freely. With ``share_float_weights`` every parameter
+    and buffer is shared with ``model`` (only the module tree is new), so quantizing never
+    holds two full-precision copies; the probe check in :func:`build_int8` still proves the
+    FP32 model came out unchanged."""
+    if not share_float_weights:
+        return copy.deepcopy(model)
+    memo: dict[int, Any] = {id(t): t for t in model.parameters()}
+    memo.update({id(t): t for t in model.buffers()})
+    return copy.deepcopy(model, memo)
+
+
 def build_int8(
     fp32_model: nn.Module,
     scheme: str,
@@ -38,7 +50,7 @@ def build_int8(
     label: str = "the model",
     quantize_hook: Any = None,
 ) -> tuple[nn.Module, Coverage]:
-    """Quantize a private deep copy and check coverage; the FP32 model is never touched."""
+    """Quantize a private copy and check coverage; the FP32 model is never touched."""
     import torch
 
     from ..schemes import get_scheme
@@ -55,7 +67,7 @@ def build_int8(
     if quantize_hook is not None:
         int8_model = quantize_hook(model=fp32_model, scheme=scheme, config={"device": device})
     if int8_model is None:
-        work = copy.deepcopy(fp32_model)
+        work = private_copy(fp32_model, share_float_weights=quant.shares_float_weights)
         quant.prepare(work, calibration)
         int8_model = quant.quantize(work)
     int8_model.eval()

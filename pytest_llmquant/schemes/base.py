@@ -2,8 +2,10 @@
 
 A scheme turns an FP32 causal LM into an INT8 one, and can save that INT8 model to
 safetensors plus a JSON recipe and load it back *without* the FP32 weights of the
-quantized layers. The plugin always hands ``quantize`` a deep copy, so no scheme can
-change the FP32 model the gates compare against.
+quantized layers. The plugin hands ``quantize`` a private copy, so no scheme can change
+the FP32 model the gates compare against: a structural copy that shares the float tensors
+when the scheme declares it only *replaces* modules (``shares_float_weights``), else a
+full deep copy.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ class QuantScheme:
     #: documented quality bound on SmolLM2-135M (mean KLD over the default corpus);
     #: the project's tests hold each scheme to it.
     kld_bound: ClassVar[float] = 0.01
+    #: True when ``prepare``/``quantize`` only replace modules and never write to a float
+    #: tensor in place: the copy it is given may then share the FP32 model's tensors (no
+    #: second full-precision copy in memory). A scheme that folds scales into norms in
+    #: place (SmoothQuant) must leave this False.
+    shares_float_weights: ClassVar[bool] = False
 
     def __init__(self, **config: Any) -> None:
         self.config = dict(config)

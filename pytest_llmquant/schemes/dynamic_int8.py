@@ -27,6 +27,7 @@ def _dynamic_linear_type() -> type:
 
 class DynamicInt8(QuantScheme):
     name = "dynamic-int8"
+    shares_float_weights = True  # it replaces linear layers, never writes to a weight
     summary = (
         "torch.ao quantize_dynamic: per-tensor int8 weights and per-tensor dynamic int8 "
         "activations (the seed recipe, Conv1D included)"

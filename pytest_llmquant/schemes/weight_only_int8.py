@@ -640,6 +640,7 @@ def _skipped(name: str, skip: list[str]) -> bool:
 
 class WeightOnlyInt8(QuantScheme):
     name = "weight-only-int8"
+    shares_float_weights = True  # it replaces linear layers, never writes to a weight
     summary = (
         "int8 weights, one float32 scale per 32 input columns (Q8_0 layout), float32 "
         "activations; AVX2 C kernel for decode, lm_head included"
