@@ -1,4 +1,4 @@
-"""Files a run leaves behind: JSON report, Markdown summary, quality baseline, plot.
+"""Files a run leaves behind: JSON report, Markdown summary, quality baseline.
 
 Everything here is a pure function of the session's collected results
 (:class:`~pytest_llmquant.verdicts.GateResult` objects, coverages and settings), so it
@@ -48,11 +48,6 @@ Quality baselines (``--llmq-save-baseline=FILE`` / ``--llmq-baseline=FILE``)
     them with ``tolerances={"mean_kld": {"rel": 0.5, "abs": 0.002}, ...}`` (keys not
     given keep their default). A pair or metric the baseline lacks is never a
     regression: it is reported as a note.
-
-Plot (:func:`write_plot`)
-    Needs matplotlib (``pip install 'pytest-llmquant[plot]'``); without it the caller
-    gets a one-line reason instead of an error, because a missing plot must never fail
-    a test run.
 """
 
 from __future__ import annotations
@@ -63,7 +58,7 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -73,7 +68,6 @@ from .errors import LlmqUsageError
 SCHEMA_VERSION = 1
 REPORT_KIND = "pytest-llmquant report"
 BASELINE_KIND = "pytest-llmquant baseline"
-PLOT_SKIPPED = "plot skipped: matplotlib is not installed (pip install 'pytest-llmquant[plot]')"
 
 #: per metric: relative and absolute slack, see the module docstring
 DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
@@ -131,15 +125,18 @@ def strict_json(value: Any) -> Any:
     return str(value)
 
 
-def _atomic_file(path: str | os.PathLike[str], suffix: str, write: Callable[[str], None]) -> Path:
-    """``write(tmp)`` a temporary file in the target's directory, then ``os.replace`` it:
+def _atomic_write(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to a temporary file in the target's directory, then ``os.replace`` it:
     readers (and a parallel run) see the old file or the new one, never half of one."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        write(tmp)
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -148,16 +145,6 @@ def _atomic_file(path: str | os.PathLike[str], suffix: str, write: Callable[[str
             pass
         raise
     return target
-
-
-def _atomic_write(path: str | os.PathLike[str], text: str) -> Path:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    return _atomic_file(path, ".tmp", write)
 
 
 def _dump(data: Any) -> str:
@@ -590,89 +577,6 @@ def compare_to_baseline(
     if notes is not None:
         notes.extend(found)
     return regressions
-
-
-# -- plot ------------------------------------------------------------------------------------------
-
-
-def write_plot(session: Any, path: str | os.PathLike[str]) -> str:
-    """A PNG with FP32 vs INT8 latency per pair and the KLD of each pair; returns one line
-    saying what was written or why not (never raises for a missing matplotlib).
-
-    Uses matplotlib's object API with the Agg canvas, not pyplot: pyplot would switch the
-    global backend of a user's process (and open windows in an interactive session).
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return PLOT_SKIPPED
-    latency: list[tuple[str, list[float], list[float]]] = []
-    kld: list[tuple[str, dict[str, Any]]] = []
-    for name, results in _by_pair(session).items():
-        for r in results:
-            m = r.measurement or {}
-            if r.gate == "quant_speedup" and m.get("fp32_samples") and m.get("int8_samples"):
-                latency.append(
-                    (
-                        name,
-                        [1000 * float(x) for x in m["fp32_samples"] if _num(x) is not None],
-                        [1000 * float(x) for x in m["int8_samples"] if _num(x) is not None],
-                    )
-                )
-            if r.gate == "quant_similarity" and _num(m.get("mean_kld")) is not None:
-                kld.append((name, m))
-    if not latency and not kld:
-        return "plot skipped: no speedup samples or similarity results to plot"
-    panels = int(bool(latency)) + int(bool(kld))
-    fig = Figure(figsize=(6.5 * panels, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = list(fig.subplots(1, panels, squeeze=False)[0])
-    if latency:
-        ax = axes.pop(0)
-        data, labels, positions = [], [], []
-        for i, (name, fp32, int8) in enumerate(latency):
-            data += [fp32, int8]
-            labels += [f"{name}\nFP32", f"{name}\nINT8"]
-            positions += [3 * i + 1, 3 * i + 2]
-        ax.boxplot(data, positions=positions, widths=0.7)
-        ax.set_xticks(positions, labels, fontsize=7)
-        ax.set_ylabel("ms / token (one per timed pair)")
-        ax.set_title("generation latency, FP32 vs INT8")
-    if kld:
-        ax = axes.pop(0)
-        values: list[Any] = [m.get("kld_values") or [] for _, m in kld]
-        if all(values):  # per-token KLD recorded: a real histogram
-            for (name, _), v in zip(kld, values, strict=False):
-                finite = [float(x) for x in v if _num(x) is not None and float(x) > 0]
-                if finite:
-                    lo, hi = min(finite), max(finite)
-                    bins = [lo * (hi / lo) ** (i / 40) for i in range(41)] if hi > lo else 10
-                    ax.hist(finite, bins=bins, histtype="step", label=name)
-            ax.set_xscale("log")
-            ax.set_xlabel("per-token KL divergence")
-            ax.set_ylabel("tokens")
-            ax.legend(fontsize=7)
-            ax.set_title("KLD(FP32 || INT8) per token")
-        else:  # only summary statistics in the measurement: mean ± SE, p99 and max
-            names = [name for name, _ in kld]
-            xs = list(range(len(kld)))
-            means = [float(m["mean_kld"]) for _, m in kld]
-            errs = [_num(m.get("kld_se")) or 0.0 for _, m in kld]
-            ax.bar(xs, means, yerr=errs, capsize=4, label="mean ± SE")
-            for key, marker in (("p99_kld", "v"), ("max_kld", "^")):
-                pts = [(x, _num(m.get(key))) for x, (_, m) in zip(xs, kld, strict=False)]
-                shown = [(x, y) for x, y in pts if y is not None]
-                if shown:
-                    ax.scatter(*zip(*shown, strict=False), marker=marker, label=key, zorder=3)
-            ax.set_xticks(xs, names, fontsize=7)
-            if all(v > 0 for v in means):  # KLD spans decades; log fails on an exact 0
-                ax.set_yscale("log")
-            ax.set_ylabel("KL divergence")
-            ax.legend(fontsize=7)
-            ax.set_title("KLD(FP32 || INT8): summary (per-token values not recorded)")
-    target = _atomic_file(path, ".png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    return f"pytest-llmquant: wrote plot {target}"
 
 
 # -- end of the run ----------------------------------------------------------------------------------

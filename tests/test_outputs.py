@@ -1,4 +1,4 @@
-"""JSON report, Markdown summary, quality baselines and the plot, on fabricated results.
+"""JSON report, Markdown summary and quality baselines, on fabricated results.
 
 The outputs are pure functions of the session's GateResults, so these tests build the
 results with the real verdict functions from small fake measurements: every message and
@@ -433,30 +433,6 @@ def test_hand_written_baseline_in_the_documented_shape_loads(tmp_path: Path) -> 
         f"{PAIR}: mean KLD regressed 0.001 → 0.0041 "
         "(tolerance +25% relative + 0.001 absolute, limit 0.00225)"
     ]
-
-
-# -- plot -----------------------------------------------------------------------------------------
-
-
-def test_plot_is_skipped_without_matplotlib(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails even where installed
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
-    message = outputs.write_plot(fake_session(all_three()), tmp_path / "plot.png")
-    assert message == (
-        "plot skipped: matplotlib is not installed (pip install 'pytest-llmquant[plot]')"
-    )
-    assert not (tmp_path / "plot.png").exists()
-
-
-def test_plot_is_written_with_matplotlib(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
-    target = tmp_path / "plot.png"
-    message = outputs.write_plot(fake_session(all_three() + all_three(OTHER)), target)
-    assert message == f"pytest-llmquant: wrote plot {target}"
-    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # -- finish_session --------------------------------------------------------------------------------
