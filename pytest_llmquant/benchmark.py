@@ -8,12 +8,10 @@ tokens (no early EOS), so a run measures the same work every time.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 ROUNDS = 5
 WARMUP_ROUNDS = 1
-SLOWDOWN_ENV = "LLMQ_TEST_SLOWDOWN"  # seconds of extra work per INT8 forward (tests only)
 
 
 def _inputs(tokenizer: Any, device: str) -> Any:
@@ -42,27 +40,6 @@ def generation_target(model: Any, tokenizer: Any, new_tokens: int, device: str =
     return run
 
 
-def slowed(model: Any) -> Any:
-    """Wrap a model's forward with real extra work when ``LLMQ_TEST_SLOWDOWN`` is set, so the
-    compare-fail flow can be shown to catch a regression (a test-only switch)."""
-    seconds = float(os.environ.get(SLOWDOWN_ENV, "0") or 0)
-    if seconds <= 0 or getattr(model, "_llmq_slowed", False):
-        return model
-    import time
-
-    forward = model.forward
-
-    def slow_forward(*args: Any, **kwargs: Any) -> Any:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:  # busy work, like a slower kernel
-            pass
-        return forward(*args, **kwargs)
-
-    model.forward = slow_forward
-    model._llmq_slowed = True
-    return model
-
-
 class LlmqBenchmark:
     """What the ``llmq_benchmark`` fixture gives: ``run("fp32")`` or ``run("int8")``."""
 
@@ -87,7 +64,7 @@ class LlmqBenchmark:
                 "with --benchmark-disable); run without -n to record timings"
             )
         pair = self.pair
-        model = pair.fp32 if precision == "fp32" else slowed(pair.int8)
+        model = pair.fp32 if precision == "fp32" else pair.int8
         bench = self.benchmark
         bench.group = pair.label
         target = generation_target(model, pair.tokenizer, self.new_tokens, pair.device)

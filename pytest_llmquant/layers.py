@@ -2,9 +2,10 @@
 
 GPT-2 style models use ``transformers.pytorch_utils.Conv1D`` (weight stored as
 (in, out), ``y = x @ W + b``) instead of ``nn.Linear``. ``quantize_dynamic``
-and most INT8 libraries skip it silently, so the seed recipe quantizes only
-``lm_head`` of GPT-2. Every scheme here goes through :func:`conv1d_to_linear`
-first, and coverage is counted against the FP32 model's linear-like layers.
+and most INT8 libraries skip it silently, so the torch.ao dynamic recipe
+(``quantize_dynamic(model, {nn.Linear}, qint8)``) quantizes only ``lm_head`` of
+GPT-2. Every scheme here goes through :func:`conv1d_to_linear` first, and
+coverage is counted against the FP32 model's linear-like layers.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from . import hooks, settings
 from .errors import LlmqError, LlmqUsageError
 from .gates import GATE_RUN, gate_marks, outcome, properties, run_gates
 from .marks import MARKERS, marker_line, validate
-from .outputs import strict_json
+from .reporting.json_report import strict_json
 from .session import SESSION_KEY, LlmqSession, ModelPair, get_session
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -286,7 +286,7 @@ def _finish_outputs(config: pytest.Config, terminalreporter: Any) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is None or _LLMQ_EXIT in config.stash:
         return
-    from .outputs import finish_session
+    from .reporting.finish import finish_session
 
     config.stash[_LLMQ_EXIT] = finish_session(session, terminalreporter)
 
@@ -296,7 +296,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if session is None:
         return
     if session.load_times or session.coverages or session.results:
-        from .report import write_terminal_summary
+        from .reporting.terminal import write_terminal_summary
 
         write_terminal_summary(terminalreporter, session)
     _finish_outputs(config, terminalreporter)

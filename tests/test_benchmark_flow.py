@@ -1,5 +1,6 @@
 """pytest-benchmark records FP32 and INT8 generation, and --benchmark-compare-fail catches
-an INT8 slowdown. The slowdown is real extra work in the INT8 forward (LLMQ_TEST_SLOWDOWN)."""
+an INT8 slowdown. The slowdown is real extra work in the INT8 forward, put there the way a
+user would ship their own INT8 model: a ``pytest_llmq_quantize`` hook in conftest.py."""
 
 from __future__ import annotations
 
@@ -22,7 +23,38 @@ def test_generate_int8(llmq_benchmark):
 # 5x). Only the INT8 benchmark is compared, so FP32 noise cannot decide these tests. On a
 # real model the README's recipe uses median:10%.
 FAIL_AT = "--benchmark-compare-fail=median:50%"
-BASE_WORK, SLOW_WORK = "0.02", "0.1"
+BASE_WORK, SLOW_WORK = 0.02, 0.1
+
+SLOW_INT8_CONFTEST = """
+import copy
+import time
+
+from pytest_llmquant import get_scheme
+
+WORK_S = {seconds}
+
+
+def pytest_llmq_quantize(model, scheme, config):
+    quant = get_scheme(scheme)
+    int8 = copy.deepcopy(model)
+    quant.prepare(int8)
+    int8 = quant.quantize(int8)
+    forward = int8.forward
+
+    def slow_forward(*args, **kwargs):
+        end = time.perf_counter() + WORK_S
+        while time.perf_counter() < end:  # busy work, like a slower kernel
+            pass
+        return forward(*args, **kwargs)
+
+    int8.forward = slow_forward
+    return int8
+"""
+
+
+def int8_with_busy_work(pytester: pytest.Pytester, seconds: float) -> None:
+    """The run's INT8 model is the scheme's, plus ``seconds`` of busy work per forward."""
+    pytester.makeconftest(SLOW_INT8_CONFTEST.format(seconds=seconds))
 
 
 def run(pytester: pytest.Pytester, model: Path, storage: Path, *args: str) -> pytest.RunResult:
@@ -38,10 +70,8 @@ def run(pytester: pytest.Pytester, model: Path, storage: Path, *args: str) -> py
 
 
 @pytest.fixture
-def saved(
-    pytester: pytest.Pytester, tiny_gpt2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Path:
-    monkeypatch.setenv("LLMQ_TEST_SLOWDOWN", BASE_WORK)
+def saved(pytester: pytest.Pytester, tiny_gpt2_dir: Path, tmp_path: Path) -> Path:
+    int8_with_busy_work(pytester, BASE_WORK)
     pytester.makepyfile(BENCH)
     storage = tmp_path / "bench"
     run(pytester, tiny_gpt2_dir, storage, "--benchmark-autosave").assert_outcomes(passed=2)
@@ -73,9 +103,9 @@ def test_compare_passes_without_a_slowdown(
 
 
 def test_compare_fails_when_int8_became_slower(
-    pytester: pytest.Pytester, tiny_gpt2_dir: Path, saved: Path, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, tiny_gpt2_dir: Path, saved: Path
 ) -> None:
-    monkeypatch.setenv("LLMQ_TEST_SLOWDOWN", SLOW_WORK)  # 100 ms of busy work per INT8 forward
+    int8_with_busy_work(pytester, SLOW_WORK)  # 100 ms of busy work per INT8 forward
     result = run(
         pytester, tiny_gpt2_dir, saved, "-k", "generate_int8", "--benchmark-compare", FAIL_AT
     )

@@ -27,6 +27,7 @@ from pytest_llmquant.memory import (
     MemoryResult,
     file_bytes,
     measure_memory,
+    rss,
     weights_breakdown,
     weights_bytes,
 )
@@ -184,7 +185,7 @@ def test_result_as_dict_is_strict_json() -> None:
 
 def test_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, pytest_llmquant.memory, pytest_llmquant.memory_probe, "
+        "import sys, pytest_llmquant.memory, pytest_llmquant.memory.rss_probe, "
         "pytest_llmquant.strategies; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -206,7 +207,7 @@ def _fake_probes(monkeypatch: pytest.MonkeyPatch, reports: dict[str, Any]) -> No
             [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
 
-    monkeypatch.setattr(memory, "_start_probe", start)
+    monkeypatch.setattr(rss, "_start_probe", start)
 
 
 def _report(peak: int, serve: int | None) -> dict[str, Any]:
@@ -259,10 +260,10 @@ def test_probe_errors_reach_the_user(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_probe_main_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
-    from pytest_llmquant import memory_probe
+    from pytest_llmquant.memory import rss_probe
 
-    assert memory_probe.main(["{not json"]) == 2
-    assert memory_probe.main(['{"mode": "fp16", "model": "m"}']) == 2
+    assert rss_probe.main(["{not json"]) == 2
+    assert rss_probe.main(['{"mode": "fp16", "model": "m"}']) == 2
     lines = capsys.readouterr().out.splitlines()
     errors = [json.loads(ln[len(memory.PROBE_MARK) :]) for ln in lines]
     assert "not JSON" in errors[0]["error"] and "fp32, int8 or baseline" in errors[1]["error"]
@@ -279,7 +280,7 @@ def tiny_probe(tiny_gpt2_dir: Path) -> Any:
         yield None
         return
     args = {"model": str(tiny_gpt2_dir), "mode": "int8"}
-    proc = memory._start_probe(args)
+    proc = rss._start_probe(args)
     yield proc, args
     if proc.poll() is None:
         proc.kill()
@@ -290,7 +291,7 @@ def test_probe_subprocess_on_tiny_gpt2(tiny_probe: Any) -> None:
     """End to end: a fresh process loads through loading.py, builds INT8, generates."""
     pytest.importorskip("pytest_llmquant.loading")
     proc, args = tiny_probe
-    report = memory._finish_probe(proc, args, timeout=300)
+    report = rss._finish_probe(proc, args, timeout=300)
     assert report["generated_tokens"] == 8
     assert report["coverage"] == "quantized 9 of 9 linear layers"
     assert report["peak_bytes"] >= report["load_peak_bytes"] >= report["loaded_bytes"] > 0

@@ -1,4 +1,4 @@
-"""JSON report, Markdown summary, quality baselines and the plot, on fabricated results.
+"""JSON report, Markdown summary and quality baselines, on fabricated results.
 
 The outputs are pure functions of the session's GateResults, so these tests build the
 results with the real verdict functions from small fake measurements: every message and
@@ -16,9 +16,19 @@ from typing import Any
 
 import pytest
 
-from pytest_llmquant import outputs
+from pytest_llmquant.baseline.compare import compare_baselines, compare_to_baseline
+from pytest_llmquant.baseline.store import baseline_dict, load_baseline, write_baseline
 from pytest_llmquant.errors import LlmqUsageError
 from pytest_llmquant.layers import Coverage
+from pytest_llmquant.reporting.finish import finish_session
+from pytest_llmquant.reporting.json_report import (
+    report_dict,
+    strict_json,
+    versions,
+    write_json_report,
+)
+from pytest_llmquant.reporting.markdown import markdown_summary, write_markdown
+from pytest_llmquant.settings import Settings
 from pytest_llmquant.verdicts import memory_verdict, similarity_verdict, speedup_verdict
 
 PAIR = "smollm2-135m [dynamic-int8]"
@@ -84,7 +94,7 @@ def memory(pair: str = PAIR, *, ratio: float = 3.8, kind: str = "weights") -> An
     return memory_verdict(r, pair, min_ratio=2.0)
 
 
-def fake_session(results: list[Any], config: Any = None, **extra: Any) -> SimpleNamespace:
+def fake_session(results: list[Any], settings: Any = None, **extra: Any) -> SimpleNamespace:
     pairs = dict.fromkeys(r.pair for r in results)
     return SimpleNamespace(
         results=results,
@@ -92,17 +102,16 @@ def fake_session(results: list[Any], config: Any = None, **extra: Any) -> Simple
         threads=2,
         device="cpu",
         schemes=["dynamic-int8"],
-        config=config,
+        settings=settings,
+        config=None,
         load_times={},
         **extra,
     )
 
 
-def fake_config(**opts: Any) -> SimpleNamespace:
-    """Enough of pytest.Config for options.get: CLI values from ``opts``, no ini file."""
-    return SimpleNamespace(
-        getoption=lambda name, default=None: opts.get(name), getini=lambda name: None
-    )
+def fake_settings(**values: Any) -> Settings:
+    """The run's settings, as pytest_configure would resolve them from these options."""
+    return Settings(**values)
 
 
 class Terminal:
@@ -122,7 +131,7 @@ def all_three(pair: str = PAIR, **kw: Any) -> list[Any]:
 
 def test_report_has_every_pair_and_gate_in_strict_json() -> None:
     results = all_three(PAIR) + [similarity(OTHER, mean_kld=0.5)]
-    data = outputs.report_dict(fake_session(results))
+    data = report_dict(fake_session(results))
     data = json.loads(json.dumps(data, allow_nan=False))  # strict JSON round trip
     assert data["schema_version"] == 1
     assert data["created"].endswith("+00:00")
@@ -158,14 +167,14 @@ def test_report_has_every_pair_and_gate_in_strict_json() -> None:
 
 def test_strict_json_replaces_non_finite_and_odd_types() -> None:
     value = {"a": math.inf, "b": (1, -math.inf), 3: {math.nan}, "c": Path("x")}
-    assert outputs.strict_json(value) == {"a": None, "b": [1, None], "3": [None], "c": "x"}
+    assert strict_json(value) == {"a": None, "b": [1, None], "3": [None], "c": "x"}
 
 
 def test_write_json_report_is_atomic_and_readable(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "report.json"
     target.parent.mkdir()
     target.write_text("old")
-    written = outputs.write_json_report(fake_session(all_three()), target)
+    written = write_json_report(fake_session(all_three()), target)
     assert written == target
     assert json.loads(target.read_text())["pairs"][PAIR]["passed"] is True
     assert [p.name for p in target.parent.iterdir()] == ["report.json"]  # no temp file left
@@ -174,7 +183,7 @@ def test_write_json_report_is_atomic_and_readable(tmp_path: Path) -> None:
 def test_versions_read_torch_only_when_already_imported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "torch", raising=False)
     monkeypatch.setitem(sys.modules, "transformers", SimpleNamespace(__version__="9.9"))
-    found = outputs.versions()
+    found = versions()
     assert "torch" not in found
     assert found["transformers"] == "9.9"
     assert "torch" not in sys.modules  # and it did not import it either
@@ -185,7 +194,7 @@ def test_versions_read_torch_only_when_already_imported(monkeypatch: pytest.Monk
 
 def test_markdown_has_a_table_per_pair_coverage_and_verdict() -> None:
     results = all_three(PAIR) + [similarity(OTHER, mean_kld=0.5)]
-    text = outputs.markdown_summary(fake_session(results))
+    text = markdown_summary(fake_session(results))
     lines = text.splitlines()
     assert lines[0] == "## pytest-llmquant"
     assert "2 threads, device cpu, schemes: dynamic-int8" in lines
@@ -204,7 +213,7 @@ def test_markdown_has_a_table_per_pair_coverage_and_verdict() -> None:
 
 
 def test_markdown_verdict_when_all_pass() -> None:
-    text = outputs.markdown_summary(fake_session(all_three()))
+    text = markdown_summary(fake_session(all_three()))
     assert text.splitlines()[-1] == "**✅ pytest-llmquant: all 3 gates passed on 1 pair**"
 
 
@@ -213,9 +222,9 @@ def test_markdown_goes_to_the_option_file(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     target = tmp_path / "summary.md"
     target.write_text("stale\n")
-    session = fake_session(all_three(), config=fake_config(llmq_report_md=str(target)))
-    assert outputs.write_markdown(session, session.config) == (target, False)
-    assert target.read_text() == outputs.markdown_summary(session)  # replaced, not appended
+    session = fake_session(all_three(), settings=fake_settings(report_md=str(target)))
+    assert write_markdown(session) == (target, False)
+    assert target.read_text() == markdown_summary(session)  # replaced, not appended
     assert not summary.exists()  # the option wins over the step summary
 
 
@@ -225,9 +234,9 @@ def test_markdown_appends_to_github_step_summary(
     summary = tmp_path / "step.md"
     summary.write_text("# earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    session = fake_session(all_three(), config=fake_config())
-    assert outputs.write_markdown(session, session.config) == (summary, True)
-    assert outputs.write_markdown(session, session.config) == (summary, True)
+    session = fake_session(all_three(), settings=fake_settings())
+    assert write_markdown(session) == (summary, True)
+    assert write_markdown(session) == (summary, True)
     text = summary.read_text()
     assert text.startswith("# earlier step\n\n## pytest-llmquant\n")
     assert text.count("## pytest-llmquant") == 2
@@ -237,10 +246,10 @@ def test_markdown_writes_nothing_without_target_or_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
-    assert outputs.write_markdown(fake_session(all_three()), fake_config()) is None
+    assert write_markdown(fake_session(all_three())) is None
     summary = tmp_path / "step.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    assert outputs.write_markdown(fake_session([]), fake_config()) is None
+    assert write_markdown(fake_session([])) is None
     assert not summary.exists()
 
 
@@ -248,7 +257,7 @@ def test_markdown_writes_nothing_without_target_or_results(
 
 
 def test_baseline_dict_holds_only_measured_metrics() -> None:
-    data = outputs.baseline_dict(
+    data = baseline_dict(
         fake_session(all_three(PAIR) + [similarity(OTHER), memory(OTHER, kind="peak_rss")])
     )
     assert data["schema_version"] == 1
@@ -271,26 +280,26 @@ def test_baseline_dict_holds_only_measured_metrics() -> None:
 
 def test_baseline_keeps_the_speedup_with_the_most_pairs() -> None:
     results = [speedup(point=1.9, n_pairs=40), speedup(point=2.5, n_pairs=6, threshold=1.2)]
-    assert outputs.baseline_dict(fake_session(results))["pairs"][PAIR]["speedup"] == 1.9
+    assert baseline_dict(fake_session(results))["pairs"][PAIR]["speedup"] == 1.9
 
 
 def saved(tmp_path: Path, results: list[Any]) -> dict[str, Any]:
     path = tmp_path / "baseline.json"
-    outputs.write_baseline(fake_session(results), path)
-    return outputs.load_baseline(path)
+    write_baseline(fake_session(results), path)
+    return load_baseline(path)
 
 
 def test_same_numbers_do_not_regress(tmp_path: Path) -> None:
     baseline = saved(tmp_path, all_three())
     notes: list[str] = []
-    assert outputs.compare_to_baseline(fake_session(all_three()), baseline, notes=notes) == []
+    assert compare_to_baseline(fake_session(all_three()), baseline, notes=notes) == []
     assert notes == []
 
 
 def test_kld_worse_beyond_tolerance_regresses(tmp_path: Path) -> None:
     baseline = saved(tmp_path, all_three())
     worse = fake_session([similarity(mean_kld=0.0093), speedup(), memory()])
-    assert outputs.compare_to_baseline(worse, baseline) == [
+    assert compare_to_baseline(worse, baseline) == [
         f"{PAIR}: mean KLD regressed 0.0041 → 0.0093 "
         "(tolerance +25% relative + 0.001 absolute, limit 0.00613)"
     ]
@@ -300,25 +309,25 @@ def test_kld_worse_within_tolerance_passes(tmp_path: Path) -> None:
     baseline = saved(tmp_path, all_three())
     # 0.0041 * 1.25 + 0.001 = 0.006125: a 49% rise of a tiny KLD is within the noise
     slightly = fake_session([similarity(mean_kld=0.0061)])
-    assert outputs.compare_to_baseline(slightly, baseline) == []
+    assert compare_to_baseline(slightly, baseline) == []
 
 
 def test_speedup_regresses_only_when_the_whole_interval_is_below(tmp_path: Path) -> None:
     baseline = saved(tmp_path, all_three())  # speedup 2.0: the limit is 1.8
     below = fake_session([speedup(point=1.5, low=1.4, high=1.7)])
-    assert outputs.compare_to_baseline(below, baseline) == [
+    assert compare_to_baseline(below, baseline) == [
         f"{PAIR}: speedup regressed 2.00x → 1.50x "
         "(99% CI 1.40–1.70, high end below the limit 1.80x; tolerance -10% relative)"
     ]
     overlapping = fake_session([speedup(point=1.5, low=1.2, high=1.9)])  # point low, CI not
-    assert outputs.compare_to_baseline(overlapping, baseline) == []
+    assert compare_to_baseline(overlapping, baseline) == []
 
 
 def test_speedup_without_an_upper_bound_is_a_note(tmp_path: Path) -> None:
     baseline = saved(tmp_path, [speedup()])
     too_few = fake_session([speedup(point=1.2, low=0.0, high=math.inf, n_pairs=3)])
     notes: list[str] = []
-    assert outputs.compare_to_baseline(too_few, baseline, notes=notes) == []
+    assert compare_to_baseline(too_few, baseline, notes=notes) == []
     assert notes == [
         f"{PAIR}: speedup 2.00x → 1.20x has no upper confidence bound (too few timed "
         "pairs), not compared"
@@ -346,7 +355,7 @@ def test_other_metrics_regress_with_exact_messages(
     tmp_path: Path, result: Any, message: str
 ) -> None:
     baseline = saved(tmp_path, all_three())
-    assert outputs.compare_to_baseline(fake_session([result]), baseline) == [f"{PAIR}: {message}"]
+    assert compare_to_baseline(fake_session([result]), baseline) == [f"{PAIR}: {message}"]
 
 
 def test_improvements_never_regress(tmp_path: Path) -> None:
@@ -358,14 +367,14 @@ def test_improvements_never_regress(tmp_path: Path) -> None:
             memory(ratio=4),
         ]
     )
-    assert outputs.compare_to_baseline(better, baseline) == []
+    assert compare_to_baseline(better, baseline) == []
 
 
 def test_missing_pairs_and_metrics_are_notes_not_regressions(tmp_path: Path) -> None:
     baseline = saved(tmp_path, [similarity(PAIR), similarity("gone [dynamic-int8]")])
     now = fake_session([similarity(PAIR, mean_kld=0.0042), speedup(PAIR), memory(OTHER, ratio=1)])
     notes: list[str] = []
-    assert outputs.compare_to_baseline(now, baseline, notes=notes) == []
+    assert compare_to_baseline(now, baseline, notes=notes) == []
     assert notes == [
         f"{PAIR}: speedup not in the baseline, not compared",
         f"{OTHER}: not in the baseline, nothing to compare",
@@ -376,20 +385,20 @@ def test_missing_pairs_and_metrics_are_notes_not_regressions(tmp_path: Path) -> 
 def test_tolerances_are_configurable(tmp_path: Path) -> None:
     baseline = saved(tmp_path, all_three())
     worse = fake_session([similarity(mean_kld=0.0093)])
-    assert outputs.compare_to_baseline(worse, baseline, {"mean_kld": {"rel": 2.0}}) == []
-    assert outputs.compare_to_baseline(worse, baseline, {"mean_kld": {"abs": 0.0}}) == [
+    assert compare_to_baseline(worse, baseline, {"mean_kld": {"rel": 2.0}}) == []
+    assert compare_to_baseline(worse, baseline, {"mean_kld": {"abs": 0.0}}) == [
         f"{PAIR}: mean KLD regressed 0.0041 → 0.0093 (tolerance +25% relative, limit 0.00513)"
     ]
     with pytest.raises(LlmqUsageError, match="unknown baseline tolerance metric 'kl'"):
-        outputs.compare_to_baseline(worse, baseline, {"kl": {"rel": 1.0}})
+        compare_to_baseline(worse, baseline, {"kl": {"rel": 1.0}})
     with pytest.raises(LlmqUsageError, match=r"mean_kld\.rel=-1"):
-        outputs.compare_to_baseline(worse, baseline, {"mean_kld": {"rel": -1}})
+        compare_to_baseline(worse, baseline, {"mean_kld": {"rel": -1}})
 
 
 def test_changed_torch_version_is_noted() -> None:
     old = {"versions": {"torch": "2.4.0"}, "pairs": {}}
     new = {"versions": {"torch": "2.13.0"}, "pairs": {}}
-    assert outputs.compare_baselines(old, new) == (
+    assert compare_baselines(old, new) == (
         [],
         ["baseline made with torch 2.4.0, this run uses 2.13.0"],
     )
@@ -413,14 +422,14 @@ def test_load_baseline_errors_are_one_line(
     if content is not None:
         path.write_text(content)
     with pytest.raises(LlmqUsageError) as info:
-        outputs.load_baseline(path)
+        load_baseline(path)
     assert str(info.value) == expected.format(p=path)
     assert "\n" not in str(info.value)
 
 
 def test_load_baseline_reports_an_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(LlmqUsageError, match=r"^cannot read baseline file .* \(Is a directory\)"):
-        outputs.load_baseline(tmp_path)
+        load_baseline(tmp_path)
 
 
 def test_hand_written_baseline_in_the_documented_shape_loads(tmp_path: Path) -> None:
@@ -428,35 +437,11 @@ def test_hand_written_baseline_in_the_documented_shape_loads(tmp_path: Path) -> 
     path.write_text(
         json.dumps({"schema_version": 1, "versions": {}, "pairs": {PAIR: {"mean_kld": 0.001}}})
     )
-    baseline = outputs.load_baseline(path)
-    assert outputs.compare_to_baseline(fake_session([similarity()]), baseline) == [
+    baseline = load_baseline(path)
+    assert compare_to_baseline(fake_session([similarity()]), baseline) == [
         f"{PAIR}: mean KLD regressed 0.001 → 0.0041 "
         "(tolerance +25% relative + 0.001 absolute, limit 0.00225)"
     ]
-
-
-# -- plot -----------------------------------------------------------------------------------------
-
-
-def test_plot_is_skipped_without_matplotlib(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails even where installed
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
-    message = outputs.write_plot(fake_session(all_three()), tmp_path / "plot.png")
-    assert message == (
-        "plot skipped: matplotlib is not installed (pip install 'pytest-llmquant[plot]')"
-    )
-    assert not (tmp_path / "plot.png").exists()
-
-
-def test_plot_is_written_with_matplotlib(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
-    target = tmp_path / "plot.png"
-    message = outputs.write_plot(fake_session(all_three() + all_three(OTHER)), target)
-    assert message == f"pytest-llmquant: wrote plot {target}"
-    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # -- finish_session --------------------------------------------------------------------------------
@@ -467,31 +452,31 @@ def test_finish_session_writes_every_requested_file(
 ) -> None:
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     files = {k: tmp_path / f"{k}.out" for k in ("report", "md", "base")}
-    config = fake_config(
-        llmq_report=str(files["report"]),
-        llmq_report_md=str(files["md"]),
-        llmq_save_baseline=str(files["base"]),
+    config = fake_settings(
+        report=str(files["report"]),
+        report_md=str(files["md"]),
+        save_baseline=str(files["base"]),
     )
     tr = Terminal()
-    assert outputs.finish_session(fake_session(all_three(), config=config), tr) is None
+    assert finish_session(fake_session(all_three(), settings=config), tr) is None
     assert tr.lines == [
         f"pytest-llmquant: wrote report {files['report']}",
         f"pytest-llmquant: wrote Markdown summary {files['md']}",
         f"pytest-llmquant: wrote baseline {files['base']}",
     ]
     assert json.loads(files["report"].read_text())["schema_version"] == 1
-    assert outputs.load_baseline(files["base"])["pairs"][PAIR]["speedup"] == 2.0
+    assert load_baseline(files["base"])["pairs"][PAIR]["speedup"] == 2.0
 
 
 def test_finish_session_forces_failure_on_a_regression(tmp_path: Path) -> None:
     base = tmp_path / "base.json"
-    outputs.write_baseline(fake_session(all_three()), base)
+    write_baseline(fake_session(all_three()), base)
     session = fake_session(
         [similarity(mean_kld=0.0093), speedup(), memory()],
-        config=fake_config(llmq_baseline=str(base)),
+        settings=fake_settings(baseline=str(base)),
     )
     tr = Terminal()
-    assert outputs.finish_session(session, tr) == 1
+    assert finish_session(session, tr) == 1
     assert tr.lines == [
         f"{PAIR}: mean KLD regressed 0.0041 → 0.0093 "
         "(tolerance +25% relative + 0.001 absolute, limit 0.00613)",
@@ -499,7 +484,7 @@ def test_finish_session_forces_failure_on_a_regression(tmp_path: Path) -> None:
     ]
     session.results = all_three()
     tr = Terminal()
-    assert outputs.finish_session(session, tr) is None
+    assert finish_session(session, tr) is None
     assert tr.lines == [f"pytest-llmquant: no regression against baseline {base}"]
 
 
@@ -507,8 +492,8 @@ def test_finish_session_does_not_overwrite_a_baseline_with_nothing(tmp_path: Pat
     base = tmp_path / "base.json"
     base.write_text("keep")
     tr = Terminal()
-    session = fake_session([], config=fake_config(llmq_save_baseline=str(base)))
-    assert outputs.finish_session(session, tr) is None
+    session = fake_session([], settings=fake_settings(save_baseline=str(base)))
+    assert finish_session(session, tr) is None
     assert base.read_text() == "keep"
     assert tr.lines == [
         f"pytest-llmquant: baseline {base} not written: no gate measured anything in this run"
@@ -516,9 +501,9 @@ def test_finish_session_does_not_overwrite_a_baseline_with_nothing(tmp_path: Pat
 
 
 def test_finish_session_is_silent_in_an_xdist_worker(tmp_path: Path) -> None:
-    config = fake_config(llmq_report=str(tmp_path / "r.json"))
-    config.workerinput = {}
-    assert outputs.finish_session(fake_session(all_three(), config=config), Terminal()) is None
+    session = fake_session(all_three(), settings=fake_settings(report=str(tmp_path / "r.json")))
+    session.config = SimpleNamespace(workerinput={})  # what xdist sets on a worker's config
+    assert finish_session(session, Terminal()) is None
     assert not (tmp_path / "r.json").exists()
 
 

@@ -28,6 +28,7 @@ from pytest_llmquant.similarity import (  # noqa: E402
     SimilarityResult,
     TokenStats,
     measure_similarity,
+    metrics,
     plan_windows,
     summarize,
     token_stats,
@@ -101,7 +102,7 @@ def test_token_stats_match_a_direct_computation():
 def test_token_stats_are_the_same_when_rows_are_processed_in_small_chunks(monkeypatch):
     fp32, int8, targets = random_case(n=37)
     whole = token_stats(fp32, int8, targets)
-    monkeypatch.setattr(similarity, "_CHUNK_ELEMENTS", 5 * 40)  # 5 rows at a time
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 5 * 40)  # 5 rows at a time
     chunked = token_stats(fp32, int8, targets)
     for name in ("kld", "same_top", "logp_fp32", "logp_int8", "dp"):
         assert getattr(chunked, name).tolist() == getattr(whole, name).tolist()

@@ -60,10 +60,10 @@ def test_second_session_loads_from_the_cache(
     ]
 
 
-def test_default_similarity_gate_catches_the_seed_recipe(
+def test_default_similarity_gate_catches_the_torch_ao_dynamic_recipe(
     pytester: pytest.Pytester, smollm2_available: None, shared_cache_dir: Path
 ) -> None:
-    """The seed's quantize_dynamic is faster, but the default quality gate fails it, and says why."""
+    """torch.ao's quantize_dynamic is faster, but the default quality gate fails it, and says why."""
     pytester.makepyfile("""
         import pytest
 
@@ -87,7 +87,7 @@ def test_default_similarity_gate_catches_the_seed_recipe(
     )
 
 
-def test_suite_fails_the_seed_recipe_on_quality_only(
+def test_suite_fails_the_torch_ao_dynamic_recipe_on_quality_only(
     pytester: pytest.Pytester, smollm2_available: None, shared_cache_dir: Path
 ) -> None:
     """dynamic-int8 quantizes every layer and saves/reloads exactly: only its quality fails."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .verdicts import format_table
+from ..verdicts import format_table
 
 
 def write_terminal_summary(tr: Any, session: Any) -> None:

@@ -1,231 +1,24 @@
-"""How close the INT8 model's predictions are to the FP32 model's: llama.cpp's KLD statistics.
+"""Running the FP32 and INT8 models over the evaluation text, one window at a time.
 
-The numbers and their uncertainties are the ones ``llama-perplexity
---kl-divergence`` prints (``tools/perplexity/perplexity.cpp`` in llama.cpp), so a
-result here can be read against the many published llama.cpp tables:
-
-* **KLD** per scored token, ``sum_v p_v (log p_v - log q_v)`` over the whole
-  vocabulary, ``p`` the FP32 softmax and ``q`` the INT8 one. It sees every change of
-  the distribution, not only changes of the chosen token, which is why it is the
-  gate's main number. (llama.cpp stores the base log-probs in 16 bits and skips
-  entries with ``log p < -16``; we keep float64 and sum every entry, so results on
-  near-identical models can differ from llama.cpp's in the last printed digits.)
-* **same top**: fraction of tokens where both models' argmax agree.
-* **PPL** of each model on the text, and their ratio ``PPL(INT8) / PPL(FP32)``.
-* **RMS Δp**: root mean square of ``q(target) - p(target)``.
-
-Uncertainties are standard errors of the mean over tokens, exactly as llama.cpp
-computes them: ``std(ddof=1) / sqrt(n)`` for means, ``sqrt(p (1 - p) / (n - 1))``
-for the same-top fraction, the *paired* log-probability difference for the PPL
-ratio (the two models err on the same hard tokens, so their PPLs are strongly
-correlated and the ratio is far better known than either PPL), and the delta method
-for RMS Δp. Tokens of one text are not independent, so these errors are somewhat
-optimistic; they are for telling noise from a real change, not for publication.
-
-Everything is computed in float64 from ``log_softmax`` (a 50k-way softmax of float32
-logits loses the small probabilities that KLD is made of), one window at a time,
-so that only per-token numbers are kept: the logits of 2,048 tokens x 49k vocabulary
-in float64 would be 800 MB.
+The text is tokenized once and read in overlapping windows (:func:`plan_windows`); each
+window's scored logits of both models go straight into :func:`~.metrics.token_stats`,
+so only per-token numbers are kept, never a (tokens x vocabulary) logits matrix.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import LlmqUsageError
+from ..errors import LlmqUsageError
+from .metrics import MIN_TOKENS, SimilarityResult, TokenStats, summarize, token_stats
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
-#: llama.cpp refuses to print KLD statistics for fewer scored tokens than this.
-MIN_TOKENS = 100
 #: Window used when the caller gives none (capped by the model's context length).
 DEFAULT_WINDOW = 512
-#: Rows of (rows x vocab) float64 handled at once in :func:`token_stats` (~64 MB per tensor).
-_CHUNK_ELEMENTS = 1 << 23
-
-
-@dataclass
-class TokenStats:
-    """Per scored token numbers, float64 (``same_top`` is bool); all of length n."""
-
-    kld: np.ndarray
-    same_top: np.ndarray
-    logp_fp32: np.ndarray
-    logp_int8: np.ndarray
-    dp: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.kld.shape[0])
-
-    @classmethod
-    def concat(cls, parts: Sequence[TokenStats]) -> TokenStats:
-        """Join the stats of several windows, in order."""
-        import numpy as np
-
-        return cls(
-            *(
-                np.concatenate([getattr(p, name) for p in parts])
-                for name in ("kld", "same_top", "logp_fp32", "logp_int8", "dp")
-            )
-        )
-
-
-def token_stats(fp32_logits: Any, int8_logits: Any, targets: Any) -> TokenStats:
-    """KLD, top-1 agreement, target log-probs and Δp for each of N positions.
-
-    ``fp32_logits`` and ``int8_logits`` are (N, V) float tensors for the same
-    positions, ``targets`` the (N,) token ids that actually follow. Rows are
-    processed in chunks so that a large vocabulary never needs more than a few
-    (chunk x V) float64 temporaries.
-    """
-    import numpy as np
-    import torch
-
-    fp32_logits = torch.as_tensor(fp32_logits)
-    int8_logits = torch.as_tensor(int8_logits).to(fp32_logits.device)
-    targets = torch.as_tensor(targets, dtype=torch.long).to(fp32_logits.device)
-    if fp32_logits.ndim != 2 or fp32_logits.shape != int8_logits.shape:
-        raise ValueError(
-            f"logits must both be (N, V), got {tuple(fp32_logits.shape)} "
-            f"and {tuple(int8_logits.shape)}"
-        )
-    if targets.shape != fp32_logits.shape[:1]:
-        raise ValueError(f"targets must be ({fp32_logits.shape[0]},), got {tuple(targets.shape)}")
-    n, vocab = fp32_logits.shape
-    rows = max(1, _CHUNK_ELEMENTS // max(vocab, 1))
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("kld", "same", "lp", "lq", "dp")}
-    with torch.inference_mode():
-        for lo in range(0, n, rows):
-            logp = torch.log_softmax(fp32_logits[lo : lo + rows].double(), dim=-1)
-            logq = torch.log_softmax(int8_logits[lo : lo + rows].double(), dim=-1)
-            p = logp.exp()
-            # where p == 0 the term is 0 even if log p or log q is -inf (masked logits)
-            terms = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
-            t = targets[lo : lo + rows].unsqueeze(1)
-            lp_t = logp.gather(1, t).squeeze(1)
-            lq_t = logq.gather(1, t).squeeze(1)
-            out["kld"].append(terms.sum(dim=-1))
-            out["same"].append(logp.argmax(dim=-1) == logq.argmax(dim=-1))
-            out["lp"].append(lp_t)
-            out["lq"].append(lq_t)
-            out["dp"].append(lq_t.exp() - lp_t.exp())
-
-    def cat(key: str, dtype: Any) -> np.ndarray:
-        if not out[key]:
-            return np.zeros(0, dtype=dtype)
-        return torch.cat(out[key]).cpu().numpy().astype(dtype)
-
-    return TokenStats(
-        kld=cat("kld", np.float64),
-        same_top=cat("same", np.bool_),
-        logp_fp32=cat("lp", np.float64),
-        logp_int8=cat("lq", np.float64),
-        dp=cat("dp", np.float64),
-    )
-
-
-@dataclass
-class SimilarityResult:
-    """The similarity of an INT8 model to its FP32 original on one text.
-
-    ``ppl_ratio`` is ``PPL(INT8) / PPL(FP32)`` (above 1: INT8 is worse).
-    ``greedy_match`` is information only (see :func:`greedy_match`), ``None`` when
-    no prompts were generated. ``kld_values`` keeps every token's KLD for a
-    histogram; it is left out of ``repr`` and, unless asked, of :meth:`as_dict`.
-    """
-
-    n_tokens: int
-    mean_kld: float
-    kld_se: float
-    p99_kld: float
-    max_kld: float
-    same_top: float
-    same_top_se: float
-    ppl_fp32: float
-    ppl_int8: float
-    ppl_ratio: float
-    ppl_ratio_se: float
-    rms_dp: float
-    rms_dp_se: float | None = None
-    greedy_match: float | None = None
-    kld_values: list[float] = field(default_factory=list, repr=False)
-
-    def as_dict(self, *, include_kld_values: bool = False) -> dict[str, Any]:
-        """Plain JSON types only; a non-finite number (a broken INT8 model) becomes None."""
-        data = asdict(self)
-        if not include_kld_values:
-            del data["kld_values"]
-        for key, value in data.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                data[key] = None
-        return data
-
-    def __str__(self) -> str:
-        text = (
-            f"KLD {self.mean_kld:.5f} ± {self.kld_se:.5f} (p99 {self.p99_kld:.4f}), "
-            f"same top {100 * self.same_top:.2f} ± {100 * self.same_top_se:.2f}%, "
-            f"PPL {self.ppl_fp32:.3f} -> {self.ppl_int8:.3f} "
-            f"(x{self.ppl_ratio:.4f} ± {self.ppl_ratio_se:.4f}), "
-            f"RMS Δp {100 * self.rms_dp:.2f}%, {self.n_tokens} tokens"
-        )
-        if self.greedy_match is not None:
-            text += f", greedy match {100 * self.greedy_match:.1f}%"
-        return text
-
-
-def _mean_se(values: np.ndarray) -> tuple[float, float]:
-    n = len(values)
-    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(n))
-
-
-def summarize(stats: TokenStats, greedy_match: float | None = None) -> SimilarityResult:
-    """Means, llama.cpp's standard errors and the KLD tail of per-token stats."""
-    import numpy as np
-
-    n = len(stats)
-    if n < MIN_TOKENS:
-        raise LlmqUsageError(
-            f"similarity needs at least {MIN_TOKENS} scored tokens (llama.cpp's minimum), "
-            f"got {n}; raise --llmq-eval-tokens"
-        )
-    kld = np.asarray(stats.kld, dtype=np.float64)
-    mean_kld, kld_se = _mean_se(kld)
-    same_top = float(np.mean(stats.same_top))
-    # the ratio of PPLs is exp of the paired mean log-prob difference: its SE comes from
-    # the spread of the *differences*, which includes the covariance of the two models
-    diff = np.asarray(stats.logp_fp32, dtype=np.float64) - np.asarray(
-        stats.logp_int8, dtype=np.float64
-    )
-    mean_diff, diff_se = _mean_se(diff)
-    ratio = math.exp(mean_diff)
-    dp2 = np.square(np.asarray(stats.dp, dtype=np.float64))
-    mse, mse_se = _mean_se(dp2)
-    rms = math.sqrt(mse)
-    return SimilarityResult(
-        n_tokens=n,
-        mean_kld=mean_kld,
-        kld_se=kld_se,
-        p99_kld=float(np.percentile(kld, 99)),
-        max_kld=float(kld.max()),
-        same_top=same_top,
-        same_top_se=math.sqrt(same_top * (1.0 - same_top) / (n - 1)),
-        ppl_fp32=math.exp(-float(np.mean(stats.logp_fp32))),
-        ppl_int8=math.exp(-float(np.mean(stats.logp_int8))),
-        ppl_ratio=ratio,
-        ppl_ratio_se=ratio * diff_se,
-        rms_dp=rms,
-        rms_dp_se=0.5 * mse_se / rms if rms > 0 else 0.0,  # d sqrt(x) = dx / (2 sqrt(x))
-        greedy_match=greedy_match,
-        kld_values=kld.tolist(),
-    )
-
-
-# -- running the models --------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -415,7 +208,7 @@ def measure_similarity(
     """
     import torch
 
-    from .evaltext import EVAL_PROMPTS, default_corpus
+    from ..evaltext import EVAL_PROMPTS, default_corpus
 
     if n_tokens < MIN_TOKENS:
         raise LlmqUsageError(

@@ -1,6 +1,7 @@
 """Child process of the ``peak_rss`` memory kind: load a model, generate, report RSS.
 
-Run as ``python -m pytest_llmquant.memory_probe '{"mode": "fp32", "model": "gpt2"}'``.
+Run as ``python -m pytest_llmquant.memory.rss_probe '{"mode": "fp32", "model": "gpt2"}'``
+(:func:`pytest_llmquant.memory.rss.probe` does).
 It prints one line, ``LLMQ-PROBE {json}``, with sizes in bytes:
 
 - ``peak_bytes``: the peak RSS of the whole process (imports, load, generate);
@@ -35,8 +36,8 @@ import resource
 import sys
 from typing import Any
 
-from .errors import LlmqError, LlmqUsageError
-from .memory import PROBE_MARK
+from ..errors import LlmqError, LlmqUsageError
+from .rss import PROBE_MARK, PROBE_MODULE
 
 PROMPT = "The capital of France is"
 
@@ -82,13 +83,13 @@ def _baseline(args: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from . import loading  # noqa: F401  (the model probes import it too)
+    from .. import loading  # noqa: F401  (the model probes import it too)
 
     scope = "imports"
     model = args.get("model")
     if model:
         try:
-            from .sources import resolve
+            from ..sources import resolve
 
             source = resolve(model)
             if source.kind != "gguf":
@@ -107,8 +108,8 @@ def _baseline(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _model(args: dict[str, Any], mode: str) -> tuple[Any, Any, dict[str, Any]]:
-    from .int8.build import build_int8
-    from .loading import load_fp32
+    from ..int8.build import build_int8
+    from ..loading import load_fp32
 
     device = str(args.get("device", "cpu"))
     model, tokenizer = load_fp32(
@@ -119,7 +120,7 @@ def _model(args: dict[str, Any], mode: str) -> tuple[Any, Any, dict[str, Any]]:
     )
     extra: dict[str, Any] = {}
     if mode == "int8":
-        from .schemes import DEFAULT_SCHEME
+        from ..schemes import DEFAULT_SCHEME
 
         scheme = str(args.get("scheme") or DEFAULT_SCHEME)
         extra["fp32_loaded_bytes"] = rss_bytes()
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if len(argv) != 1:
-            raise LlmqUsageError("usage: python -m pytest_llmquant.memory_probe '<json args>'")
+            raise LlmqUsageError(f"usage: python -m {PROBE_MODULE} '<json args>'")
         try:
             args = json.loads(argv[0])
         except ValueError as exc:

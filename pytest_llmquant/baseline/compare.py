@@ -1,0 +1,213 @@
+"""Which changes against a saved baseline are regressions.
+
+A run regresses when a metric got worse than the saved one by more than a tolerance,
+even when it still passes the absolute gate thresholds: a quantizer change that doubles
+the KL divergence is a regression worth seeing long before it crosses ``max_kl``.
+Default tolerances, and why:
+
+============  ===================================================  =================
+metric        regression when                                      why
+============  ===================================================  =================
+mean_kld      new > old * (1 + 0.25) + 0.001                       KLD is small and
+                                                                   noisy in relative
+                                                                   terms: both slacks
+same_top      new < old - 0.01                                     a fraction: absolute
+ppl_ratio     new > old + 0.01                                     near 1: absolute
+memory_ratio  new < old * (1 - 0.05)                               bytes: relative
+speedup       new CI *high end* < old speedup * (1 - 0.10)         timing noise: only
+                                                                   when even the most
+                                                                   favourable end of
+                                                                   the new interval
+                                                                   is clearly slower
+============  ===================================================  =================
+
+Lower-is-better metrics (``mean_kld``, ``ppl_ratio``) regress when
+``new > old * (1 + rel) + abs``; higher-is-better ones (``same_top``,
+``memory_ratio`` and every ``memory_ratio_<kind>``, ``speedup``) when
+``new < old * (1 - rel) - abs``; a missing ``rel`` or ``abs`` is 0. Override any of
+them with ``tolerances={"mean_kld": {"rel": 0.5, "abs": 0.002}, ...}`` (keys not
+given keep their default). A pair or metric the baseline lacks is never a
+regression: it is reported as a note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import LlmqUsageError
+from ..reporting.json_report import finite_number
+from .store import baseline_dict
+
+#: per metric: relative and absolute slack, see the module docstring
+DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
+    "mean_kld": {"rel": 0.25, "abs": 0.001},
+    "same_top": {"rel": 0.0, "abs": 0.01},
+    "ppl_ratio": {"rel": 0.0, "abs": 0.01},
+    "memory_ratio": {"rel": 0.05, "abs": 0.0},
+    "speedup": {"rel": 0.10, "abs": 0.0},
+}
+
+#: baseline metric -> (tolerance key, lower is better, name in messages, format)
+_METRICS: dict[str, tuple[str, bool, str, str]] = {
+    "mean_kld": ("mean_kld", True, "mean KLD", "{:.3g}"),
+    "same_top": ("same_top", False, "same-top-1", "{:.3f}"),
+    "ppl_ratio": ("ppl_ratio", True, "PPL ratio", "{:.4f}"),
+    "speedup": ("speedup", False, "speedup", "{:.2f}x"),
+    "memory_ratio": ("memory_ratio", False, "memory ratio (weights)", "{:.2f}x"),
+}
+_INFO_KEYS = ("speedup_ci_low", "speedup_ci_high")  # stored with speedup, never compared
+
+
+def _metric_spec(name: str) -> tuple[str, bool, str, str] | None:
+    if name in _METRICS:
+        return _METRICS[name]
+    if name.startswith("memory_ratio_"):  # memory_ratio_file, memory_ratio_peak_rss
+        kind = name.removeprefix("memory_ratio_")
+        return ("memory_ratio", False, f"memory ratio ({kind})", "{:.2f}x")
+    return None
+
+
+def resolve_tolerances(
+    tolerances: Mapping[str, Mapping[str, float]] | None,
+) -> dict[str, dict[str, float]]:
+    """The defaults updated key by key with ``tolerances``; unknown names are usage errors."""
+    out = {k: dict(v) for k, v in DEFAULT_TOLERANCES.items()}
+    for metric, given in (tolerances or {}).items():
+        if metric not in out:
+            raise LlmqUsageError(
+                f"unknown baseline tolerance metric {metric!r}; use one of {', '.join(out)}"
+            )
+        for key, value in given.items():
+            if key not in ("rel", "abs") or finite_number(value) is None or float(value) < 0:
+                raise LlmqUsageError(
+                    f"baseline tolerance {metric}.{key}={value!r}: use 'rel' and 'abs', "
+                    "each a non-negative number"
+                )
+            out[metric][key] = float(value)
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.3g}%"
+
+
+def _describe(tol: Mapping[str, float], lower_better: bool) -> str:
+    """``+25% relative + 0.001 absolute`` (or ``-5% relative`` for higher-is-better)."""
+    sign = "+" if lower_better else "-"
+    terms = []
+    if tol.get("rel"):
+        terms.append(f"{_pct(tol['rel'])} relative")
+    if tol.get("abs"):
+        terms.append(f"{tol['abs']:g} absolute")
+    if not terms:
+        return "none"
+    return sign + terms[0] + "".join(f" {sign} {t}" for t in terms[1:])
+
+
+def compare_baselines(
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    tolerances: Mapping[str, Mapping[str, float]] | None = None,
+    *,
+    confidence: Mapping[str, float] | None = None,
+) -> tuple[list[str], list[str]]:
+    """(regressions, notes) between two baseline dicts; one line each.
+
+    ``confidence`` maps a pair to the confidence level of its new speedup interval, only
+    for the message. The speedup regresses only when the *high* end of the new interval
+    is below the allowed value: a lower point estimate inside a wide interval is noise.
+    """
+    tol = resolve_tolerances(tolerances)
+    regressions: list[str] = []
+    notes: list[str] = []
+    old_pairs: Mapping[str, Any] = old.get("pairs") or {}
+    new_pairs: Mapping[str, Any] = new.get("pairs") or {}
+    for pair, metrics in new_pairs.items():
+        if pair not in old_pairs:
+            notes.append(f"{pair}: not in the baseline, nothing to compare")
+            continue
+        before = old_pairs[pair] or {}
+        for name, value in metrics.items():
+            spec = _metric_spec(name)
+            if spec is None or name in _INFO_KEYS:
+                continue
+            tol_key, lower_better, label, fmt = spec
+            was, now = finite_number(before.get(name)), finite_number(value)
+            if was is None:
+                notes.append(f"{pair}: {label} not in the baseline, not compared")
+                continue
+            if now is None:
+                continue
+            t = tol[tol_key]
+            if lower_better:
+                limit = was * (1 + t["rel"]) + t["abs"]
+                if now > limit:
+                    regressions.append(
+                        f"{pair}: {label} regressed {fmt.format(was)} → {fmt.format(now)} "
+                        f"(tolerance {_describe(t, True)}, limit {fmt.format(limit)})"
+                    )
+                continue
+            limit = was * (1 - t["rel"]) - t["abs"]
+            if name == "speedup":
+                high = finite_number(metrics.get("speedup_ci_high"))
+                level = (confidence or {}).get(pair)
+                ci = f"{round(100 * level)}% CI" if level else "CI"
+                if high is None:
+                    if now < limit:
+                        notes.append(
+                            f"{pair}: speedup {fmt.format(was)} → {fmt.format(now)} has no "
+                            "upper confidence bound (too few timed pairs), not compared"
+                        )
+                    continue
+                if high < limit:
+                    low = finite_number(metrics.get("speedup_ci_low"))
+                    shown = f"{low:.2f}–{high:.2f}" if low is not None else f"≤ {high:.2f}"
+                    regressions.append(
+                        f"{pair}: speedup regressed {fmt.format(was)} → {fmt.format(now)} "
+                        f"({ci} {shown}, high end below the limit {fmt.format(limit)}; "
+                        f"tolerance {_describe(t, False)})"
+                    )
+                continue
+            if now < limit:
+                regressions.append(
+                    f"{pair}: {label} regressed {fmt.format(was)} → {fmt.format(now)} "
+                    f"(tolerance {_describe(t, False)}, limit {fmt.format(limit)})"
+                )
+        for name in before:
+            missing = _metric_spec(name) if name not in metrics else None
+            if missing is not None and name not in _INFO_KEYS:
+                notes.append(f"{pair}: {missing[2]} is in the baseline but was not measured")
+    for pair in old_pairs:
+        if pair not in new_pairs:
+            notes.append(f"{pair}: in the baseline but not measured in this run")
+    old_v, new_v = old.get("versions") or {}, new.get("versions") or {}
+    for lib in ("torch", "transformers"):
+        if old_v.get(lib) and new_v.get(lib) and old_v[lib] != new_v[lib]:
+            notes.append(f"baseline made with {lib} {old_v[lib]}, this run uses {new_v[lib]}")
+    return regressions, notes
+
+
+def compare_to_baseline(
+    session: Any,
+    baseline: Mapping[str, Any],
+    tolerances: Mapping[str, Mapping[str, float]] | None = None,
+    *,
+    notes: list[str] | None = None,
+) -> list[str]:
+    """One line per metric of this run that is worse than ``baseline`` beyond tolerance.
+
+    Pairs and metrics the baseline lacks are not regressions; pass a list as ``notes``
+    to receive one line about each of them (and about changed torch/transformers).
+    """
+    confidence = {}
+    for r in getattr(session, "results", None) or []:
+        level = finite_number((r.measurement or {}).get("confidence"))
+        if r.gate == "quant_speedup" and level is not None:
+            confidence[r.pair] = level
+    regressions, found = compare_baselines(
+        baseline, baseline_dict(session), tolerances, confidence=confidence
+    )
+    if notes is not None:
+        notes.extend(found)
+    return regressions

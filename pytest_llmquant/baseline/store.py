@@ -1,0 +1,120 @@
+"""The baseline file: the comparable metrics of a run, written and read back.
+
+Only what a later run can be compared with is kept, per pair: ``mean_kld``,
+``same_top``, ``ppl_ratio`` (similarity), ``speedup`` with its interval, and
+``memory_ratio`` (weights) or ``memory_ratio_<kind>`` (other memory kinds). A file that
+cannot be read, or is not a baseline, is a one-line usage error that says how to make one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import LlmqUsageError
+from ..reporting.files import atomic_write
+from ..reporting.json_report import (
+    REPORT_KIND,
+    SCHEMA_VERSION,
+    finite_number,
+    json_text,
+    strict_json,
+    versions,
+)
+from ..reporting.session_view import results_by_pair
+
+BASELINE_KIND = "pytest-llmquant baseline"
+
+
+def _pair_metrics(results: Iterable[Any]) -> dict[str, float | None]:
+    """The comparable metrics of one pair's gate results.
+
+    Similarity is deterministic, so any of its results will do. Of several speedup
+    measurements (one per threshold) the one with the most pairs is kept: it has the
+    narrowest interval. Memory ratios are kept per kind: ``memory_ratio`` for weights,
+    ``memory_ratio_<kind>`` for the others, which measure different things.
+    """
+    out: dict[str, float | None] = {}
+    best_pairs = -1
+    for r in results:
+        m = r.measurement or {}
+        if r.gate == "quant_similarity":
+            for key in ("mean_kld", "same_top", "ppl_ratio"):
+                if finite_number(m.get(key)) is not None:
+                    out[key] = finite_number(m.get(key))
+        elif r.gate == "quant_speedup" and finite_number(m.get("speedup")) is not None:
+            n = int(finite_number(m.get("n_pairs")) or 0)
+            if n > best_pairs:
+                best_pairs = n
+                out["speedup"] = finite_number(m.get("speedup"))
+                out["speedup_ci_low"] = finite_number(m.get("ci_low"))
+                out["speedup_ci_high"] = finite_number(m.get("ci_high"))
+        elif r.gate == "quant_memory" and finite_number(m.get("ratio")) is not None:
+            kind = str(m.get("kind") or r.thresholds.get("kind") or "weights")
+            key = "memory_ratio" if kind == "weights" else f"memory_ratio_{kind}"
+            out[key] = finite_number(m.get("ratio"))
+    return out
+
+
+def baseline_dict(session: Any) -> dict[str, Any]:
+    """The metrics of this run that a later run can be compared with (only those measured)."""
+    pairs: dict[str, Any] = {}
+    for name, results in results_by_pair(session).items():
+        metrics = _pair_metrics(results)
+        if metrics:
+            pairs[name] = metrics
+    return strict_json(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "kind": BASELINE_KIND,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": versions(),
+            "pairs": pairs,
+        }
+    )
+
+
+def write_baseline(session: Any, path: str | os.PathLike[str]) -> Path:
+    """Write :func:`baseline_dict` to ``path`` atomically; returns the path written."""
+    return atomic_write(path, json_text(baseline_dict(session)))
+
+
+def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a baseline file, or raise a one-line :class:`LlmqUsageError` saying how to fix it."""
+    fix = f"create it with --llmq-save-baseline={path} on a good run"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LlmqUsageError(f"baseline file {path} does not exist; {fix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise LlmqUsageError(f"cannot read baseline file {path} ({reason}); {fix}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LlmqUsageError(
+            f"baseline file {path} is not valid JSON (line {exc.lineno}: {exc.msg}); re-{fix}"
+        ) from None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind == REPORT_KIND:
+        raise LlmqUsageError(f"baseline file {path} is a --llmq-report file, not a baseline; {fix}")
+    problem = None
+    if not isinstance(data, dict):
+        problem = "not a JSON object"
+    elif data.get("schema_version") != SCHEMA_VERSION:
+        problem = f"schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+    elif kind not in (None, BASELINE_KIND):
+        problem = f"kind {kind!r}"
+    elif not isinstance(data.get("pairs"), dict) or not all(
+        isinstance(v, dict) for v in data["pairs"].values()
+    ):
+        problem = "no 'pairs' object of per-pair metrics"
+    if problem:
+        raise LlmqUsageError(
+            f"baseline file {path} is not a pytest-llmquant baseline ({problem}); re-{fix}"
+        )
+    return data

@@ -1,0 +1,58 @@
+"""How close the INT8 model's predictions are to the FP32 model's: llama.cpp's KLD statistics.
+
+The numbers and their uncertainties are the ones ``llama-perplexity
+--kl-divergence`` prints (``tools/perplexity/perplexity.cpp`` in llama.cpp), so a
+result here can be read against the many published llama.cpp tables:
+
+* **KLD** per scored token, ``sum_v p_v (log p_v - log q_v)`` over the whole
+  vocabulary, ``p`` the FP32 softmax and ``q`` the INT8 one. It sees every change of
+  the distribution, not only changes of the chosen token, which is why it is the
+  gate's main number. (llama.cpp stores the base log-probs in 16 bits and skips
+  entries with ``log p < -16``; we keep float64 and sum every entry, so results on
+  near-identical models can differ from llama.cpp's in the last printed digits.)
+* **same top**: fraction of tokens where both models' argmax agree.
+* **PPL** of each model on the text, and their ratio ``PPL(INT8) / PPL(FP32)``.
+* **RMS Δp**: root mean square of ``q(target) - p(target)``.
+
+Uncertainties are standard errors of the mean over tokens, exactly as llama.cpp
+computes them: ``std(ddof=1) / sqrt(n)`` for means, ``sqrt(p (1 - p) / (n - 1))``
+for the same-top fraction, the *paired* log-probability difference for the PPL
+ratio (the two models err on the same hard tokens, so their PPLs are strongly
+correlated and the ratio is far better known than either PPL), and the delta method
+for RMS Δp. Tokens of one text are not independent, so these errors are somewhat
+optimistic; they are for telling noise from a real change, not for publication.
+
+Everything is computed in float64 from ``log_softmax`` (a 50k-way softmax of float32
+logits loses the small probabilities that KLD is made of), one window at a time,
+so that only per-token numbers are kept: the logits of 2,048 tokens x 49k vocabulary
+in float64 would be 800 MB.
+
+- :mod:`.metrics`: the per-token numbers and their summary (:class:`SimilarityResult`);
+- :mod:`.measure`: running both models over the text in windows (:func:`measure_similarity`).
+"""
+
+from __future__ import annotations
+
+from .measure import (
+    DEFAULT_WINDOW,
+    Window,
+    context_length,
+    greedy_match,
+    measure_similarity,
+    plan_windows,
+)
+from .metrics import MIN_TOKENS, SimilarityResult, TokenStats, summarize, token_stats
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "MIN_TOKENS",
+    "SimilarityResult",
+    "TokenStats",
+    "Window",
+    "context_length",
+    "greedy_match",
+    "measure_similarity",
+    "plan_windows",
+    "summarize",
+    "token_stats",
+]
