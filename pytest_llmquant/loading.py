@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cache import ModelCache
 from .errors import LlmqUsageError
 from .sources import ModelSource, resolve
+
+if TYPE_CHECKING:
+    from .progress import Progress
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -164,11 +167,15 @@ def _forget_gguf_quantizer(model: Any) -> None:
 
 
 def _load_gguf_cached(
-    source: ModelSource, cache: ModelCache, trust_remote_code: bool
+    source: ModelSource, cache: ModelCache, trust_remote_code: bool, progress: Progress | None
 ) -> tuple[Any, Any]:
     """GGUF dequantization costs ~15-30 s; do it once and keep FP32 safetensors."""
 
     def build(directory: Path) -> None:
+        if progress is not None:
+            progress.note(
+                f"converting {source.gguf_name} to FP32 safetensors, once (cached in {cache.root})"
+            )
         model, tokenizer = load_pretrained(
             source.gguf_dir, source, gguf_file=source.gguf_name, trust_remote_code=trust_remote_code
         )
@@ -209,12 +216,13 @@ def load_fp32(
     device: str = "cpu",
     trust_remote_code: bool = False,
     cache: ModelCache | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Any, Any]:
     """The FP32 model (eval mode) and its tokenizer for one ``--llmq-model`` value."""
     source = resolve(spec)
     if source.kind == "gguf":
         model, tokenizer = _load_gguf_cached(
-            source, cache or ModelCache(cache_dir), trust_remote_code
+            source, cache or ModelCache(cache_dir), trust_remote_code, progress
         )
     elif source.kind == "dir":
         _check_local_dir(Path(source.location), spec, trust_remote_code)

@@ -21,6 +21,7 @@ from .sources import ModelSource, resolve, unique_labels
 if TYPE_CHECKING:
     from .cache import ModelCache
     from .layers import Coverage
+    from .progress import Progress
 
 SESSION_KEY = pytest.StashKey["LlmqSession"]()
 
@@ -138,6 +139,7 @@ class LlmqSession:
                     device=self.device,
                     cache=self.cache,
                     trust_remote_code=self.settings.trust_remote_code,
+                    progress=self.progress(),
                 )
             except LlmqError as exc:
                 self._fp32[spec] = exc
@@ -185,6 +187,12 @@ class LlmqSession:
         self.coverages[f"{self.label_of(spec)} [{scheme}]"] = value[1]
         return value
 
+    def progress(self) -> Progress:
+        """A fresh throttled progress line on the terminal (quiet under -q)."""
+        from .progress import terminal_progress
+
+        return terminal_progress(self.config).start()
+
     # -- measurements, shared by markers, helpers and the suite -------------------------
     def similarity(self, pair: ModelPair) -> Any:
         """Deterministic, so measured once per pair and shared by every gate that asks."""
@@ -200,6 +208,7 @@ class LlmqSession:
                 pair.tokenizer,
                 text=text,
                 n_tokens=self.settings.eval_tokens,
+                progress=self.progress(),
             )
         return self.measurements[key]
 

@@ -7,7 +7,7 @@ so only per-token numbers are kept, never a (tokens x vocabulary) logits matrix.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -194,6 +194,7 @@ def measure_similarity(
     window: int | None = None,
     prompts: Sequence[str] | None = None,
     greedy_tokens: int = 16,
+    progress: Callable[[str], None] | None = None,
 ) -> SimilarityResult:
     """Teacher-forced KLD statistics of ``int8_model`` against ``fp32_model`` on ``text``.
 
@@ -204,7 +205,7 @@ def measure_similarity(
     ``torch.inference_mode()`` on their own device, one window at a time; their
     training flags are restored afterwards. Then each model greedily continues
     ``prompts`` (default :data:`~pytest_llmquant.evaltext.EVAL_PROMPTS`; pass ``()``
-    to skip) for :func:`greedy_match`.
+    to skip) for :func:`greedy_match`. ``progress`` hears how many windows are done.
     """
     import torch
 
@@ -233,7 +234,11 @@ def measure_similarity(
     try:
         parts = []
         with torch.inference_mode():
-            for w in plan:
+            for i, w in enumerate(plan):
+                if progress is not None:
+                    progress(
+                        f"similarity: window {i + 1} of {len(plan)} ({w.n_scored} tokens each)"
+                    )
                 input_ids = all_ids[w.start : w.stop].clone().unsqueeze(0)
                 if bos is not None:
                     input_ids[0, 0] = bos
