@@ -131,6 +131,17 @@ def test_unavailable_reason_checks_env_platform_compiler_and_cpu(
         assert kernels.path_description() == f"torch dequantize fallback ({got})"
 
 
+def test_disabled_kernel_raises_one_line_naming_the_switch(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLMQ_INT8_KERNEL", "0")
+    kernels.set_cache_dir(str(tmp_path))
+    with pytest.raises(kernels.KernelError) as err:
+        kernels.load_library()
+    assert str(err.value) == (
+        "int8 C kernel unavailable (disabled by LLMQ_INT8_KERNEL=0); unset LLMQ_INT8_KERNEL to use it"
+    )
+    assert not any(tmp_path.iterdir())  # nothing was built
+
+
 def test_reason_and_description_need_neither_torch_nor_a_build(tmp_path):
     code = textwrap.dedent(
         f"""
@@ -249,7 +260,6 @@ def test_failed_scratch_allocation_is_a_status_then_one_line(tokens, cols):
     message = str(err.value)
     assert "\n" not in message
     assert "could not allocate" in message and "fewer tokens per forward call" in message
-    assert "LLMQ_INT8_KERNEL=0" in message
 
 
 @needs_kernel

@@ -1,11 +1,13 @@
 """The int8 C kernel (``int8.c``) of the ``weight-only-int8`` and ``smoothquant-w8a8`` schemes.
 
 Schemes call it only through the typed wrappers below (:func:`wo_packed`, :func:`wo_gemm`,
-:func:`w8a8_packed`, :func:`w8a8_gemm`, :func:`unpack_f32`): each takes tensors, derives
-the sizes from them, picks the thread count, and turns a nonzero C status into a one-line
-:class:`KernelError` that names the fix, so no caller ever reads an output buffer the
-kernel did not write. Before using them a layer asks :func:`available` (which builds the
-library on first use and warns once if it cannot) and otherwise takes its torch path.
+:func:`w8a8_packed`, :func:`w8a8_gemm`, :func:`unpack_f32`): each takes the layer's
+tensors and widths, checks every size the C code will trust (a wrong one would read or
+write past a buffer, not raise), picks the thread count, and turns a nonzero C status
+into a one-line :class:`KernelError` that names the fix, so no caller ever reads an
+output buffer the kernel did not write. Before using them a layer asks :func:`available`
+(which builds the library on first use and warns once if it cannot) and otherwise takes
+its torch path.
 
 Where the library lives: ``<cache dir>/kernels/``, the cache dir being the one given to
 :func:`set_cache_dir` (the session's ``--llmq-cache-dir``) or the user cache. See
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...errors import LlmqError
+from . import build
 from .build import DISABLE_ENV, kernel_unavailable_reason
 
 if TYPE_CHECKING:
@@ -106,8 +109,6 @@ def load_library() -> ctypes.CDLL:
     global _lib, _path, _error
     if _lib is not None:
         return _lib
-    from . import build
-
     with _lock:
         if _lib is None and _error is None:
             _error = kernel_unavailable_reason()
@@ -117,11 +118,19 @@ def load_library() -> ctypes.CDLL:
                 except Exception as exc:  # compiler, cache and loader errors alike
                     _error = " ".join(str(exc).split()) or type(exc).__name__
         if _lib is None:
-            raise KernelError(
-                f"int8 C kernel unavailable ({_error}); install gcc with OpenMP on an x86-64 "
-                f"CPU with AVX2, or set {DISABLE_ENV}=0 to use the slower pure-torch path"
-            )
+            raise KernelError(_unavailable_message(_error or "unknown reason"))
         return _lib
+
+
+def _unavailable_message(reason: str) -> str:
+    if reason.startswith("disabled by"):
+        fix = f"unset {DISABLE_ENV} to use it"
+    else:
+        fix = (
+            "install gcc with OpenMP (an x86-64 CPU with AVX2 and FMA is needed), "
+            f"or set {DISABLE_ENV}=0 to choose the slower pure-torch path"
+        )
+    return f"int8 C kernel unavailable ({reason}); {fix}"
 
 
 def available() -> bool:
@@ -185,8 +194,8 @@ def check_status(status: int, function: str, m: int, n: int, k: int) -> None:
     if status == ENOMEM:
         raise KernelError(
             f"int8 C kernel {function} could not allocate its scratch memory for {sizes}; "
-            "free memory or run fewer tokens per forward call (smaller batch or prompt chunks), "
-            f"or set {DISABLE_ENV}=0 to use the pure-torch path"
+            "free memory, or run fewer tokens per forward call (a smaller batch, or the "
+            "prompt in chunks)"
         )
     if status == EINVAL:
         raise KernelError(
@@ -220,7 +229,7 @@ def _bad(what: str, t: torch.Tensor, want: int) -> ValueError:
     return ValueError(f"{what} has {t.numel()} elements, not {want}")
 
 
-def _tokens(x: torch.Tensor, out: torch.Tensor, n: int, k: int, extra: torch.Tensor | None) -> int:
+def _tokens(x: torch.Tensor, out: torch.Tensor, n: int, k: int, bias: torch.Tensor | None) -> int:
     """Tokens in ``x`` (``m`` of ``out (m, n) = x (m, k) @ W.T``), checking every size the
     C kernel will trust: a wrong one would read or write past a buffer, not raise."""
     m = x.numel() // k if k else 0
@@ -228,8 +237,8 @@ def _tokens(x: torch.Tensor, out: torch.Tensor, n: int, k: int, extra: torch.Ten
         raise _bad("x", x, m * k)
     if out.numel() != m * n:
         raise _bad("out", out, m * n)
-    if extra is not None and extra.numel() != n:
-        raise _bad("bias", extra, n)
+    if bias is not None and bias.numel() != n:
+        raise _bad("bias", bias, n)
     return m
 
 
