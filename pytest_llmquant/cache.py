@@ -63,17 +63,32 @@ def _writable(root: Path) -> bool:
         return False
 
 
+#: unwritable cache dir -> the temporary dir used instead, for the rest of the process
+_fallback_roots: dict[Path, Path] = {}
+
+
+def usable_cache_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """``root`` (default: the user cache) if it can be written, else a temporary dir.
+
+    The temporary dir is made once per unwritable dir and process, and warned about
+    once, so the model cache and the kernel build (``schemes.kernels``) share it and a
+    read-only home costs one warning, not one per user of the cache."""
+    wanted = Path(root).expanduser() if root else default_cache_dir()
+    if _writable(wanted):
+        return wanted.resolve()
+    fallback = _fallback_roots.get(wanted)
+    if fallback is None or not _writable(fallback):
+        fallback = _fallback_roots[wanted] = Path(tempfile.mkdtemp(prefix="pytest-llmquant-cache-"))
+        warn_once(
+            f"cache dir {wanted} is not writable; using {fallback} for this session "
+            "(pass a writable --llmq-cache-dir to keep the cache)"
+        )
+    return fallback
+
+
 class ModelCache:
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        wanted = Path(root).expanduser() if root else default_cache_dir()
-        if _writable(wanted):
-            self.root = wanted.resolve()
-        else:
-            self.root = Path(tempfile.mkdtemp(prefix="pytest-llmquant-cache-"))
-            warn_once(
-                f"cache dir {wanted} is not writable; using {self.root} for this session "
-                "(pass a writable --llmq-cache-dir to keep the cache)"
-            )
+        self.root = usable_cache_root(root)
         self.hits = 0
         self.builds = 0
 

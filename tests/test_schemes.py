@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pytest_llmquant.layers import coverage, linear_like_layers  # noqa: E402
-from pytest_llmquant.schemes import REGISTRY, get_scheme  # noqa: E402
+from pytest_llmquant.schemes import REGISTRY, get_scheme, kernels  # noqa: E402
 from pytest_llmquant.schemes import weight_only_int8 as wo  # noqa: E402
 from pytest_llmquant.schemes.int8_math import (  # noqa: E402
     dequantize,
@@ -210,10 +210,21 @@ def _rand(*shape, seed=0):
 
 @pytest.fixture
 def lib():
-    lib = wo.kernel()
-    if lib is None:
-        pytest.skip(f"C kernel unavailable here ({wo._kernel_error})")
-    return lib
+    """The kernel, where it should build: there a build failure errors the test instead
+    of skipping it (``kernel_unavailable_reason`` says where; see test_kernels.py)."""
+    reason = kernels.kernel_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"C kernel not expected to build here: {reason}")
+    return kernels.load_library()
+
+
+@pytest.fixture
+def restore_kernel():
+    """After a test that changes how the kernel loads, forget what it loaded (and warned):
+    ``set_cache_dir`` resets both, and the next use loads the kernel as before."""
+    before = kernels.configured_cache_dir()
+    yield
+    kernels.set_cache_dir(before)
 
 
 @pytest.mark.parametrize("tokens,rows,cols,group", SHAPES)
@@ -278,39 +289,40 @@ def test_unpack_f32_kernel_matches_dequantize(lib):
     assert torch.equal(layer.dequantized_weight(), dequantize(q, scales, 64))
 
 
-def test_fallback_warns_once_and_computes_the_same(monkeypatch, lib):
+def test_fallback_warns_once_and_computes_the_same(monkeypatch, lib, restore_kernel):
     linear = torch.nn.Linear(64, 24)
     layer = wo.WeightOnlyInt8Linear.from_linear(linear, 32)
     w8a8 = W8A8Linear.from_linear(linear, torch.rand(64) + 0.5, 0.5, None)
     x = _rand(1, 64)
     fast, fast8 = layer(x), w8a8(x)
-    monkeypatch.setattr(wo, "_kernel", None)
-    monkeypatch.setattr(wo, "_kernel_error", "disabled for the test")
-    monkeypatch.setattr(wo, "_warned", False)
-    with pytest.warns(RuntimeWarning, match="int8 C kernel unavailable .*pure-torch path"):
+    monkeypatch.setenv("LLMQ_INT8_KERNEL", "0")
+    kernels.set_cache_dir(kernels.configured_cache_dir())  # forget the loaded library
+    with pytest.warns(
+        RuntimeWarning, match=r"int8 C kernel unavailable \(disabled by LLMQ_INT8_KERNEL=0\)"
+    ):
         slow = layer(x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # only once per process
         slow8 = w8a8(x)
     assert torch.allclose(fast, slow, atol=1e-5)
     assert torch.allclose(fast8, slow8, atol=1e-5)
+    assert get_scheme("weight-only-int8").describe()["kernel"] == (
+        "torch dequantize fallback (disabled by LLMQ_INT8_KERNEL=0)"
+    )
 
 
-def test_failed_build_falls_back(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setenv("CC", "false")  # a compiler that always fails
-    monkeypatch.setattr(wo, "_kernel", None)
-    monkeypatch.setattr(wo, "_kernel_error", None)
-    monkeypatch.setattr(wo, "_warned", False)
-    with pytest.warns(RuntimeWarning, match="gcc failed|unavailable"):
-        assert wo.kernel() is None
+def test_failed_build_falls_back(monkeypatch, tmp_path, lib, restore_kernel):
+    monkeypatch.setenv("CC", "gcc -fno-such-flag")  # runs, but every compile fails
+    kernels.set_cache_dir(str(tmp_path))
+    with pytest.warns(
+        RuntimeWarning, match=r"int8 C kernel unavailable \(gcc -fno-such-flag failed: "
+    ):
+        assert not kernels.available()
+    layer = wo.WeightOnlyInt8Linear.from_linear(torch.nn.Linear(64, 8), 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once already
+        assert layer(_rand(1, 64)).shape == (1, 8)  # the torch path
     assert not list(tmp_path.rglob("*.so"))  # no half-built library left behind
-
-
-def test_kernel_build_is_cached(lib):
-    path = wo._kernel_path()
-    assert path.exists()
-    assert path.name == "libllmq_int8.so" and path.parent.name.startswith("int8-")
 
 
 def test_layers_keep_float32_scales_through_dtype_casts(lib):

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..layers import convert_conv1d, linear_like_layers, set_submodule
+from . import kernels
 from .base import QuantScheme
 from .int8_math import (
     linear_w8a8_reference,
@@ -44,7 +45,7 @@ from .int8_math import (
     quantize_per_channel,
     unpack_rows,
 )
-from .weight_only_int8 import _group_option, _skipped, kernel, threads_for
+from .scheme_options import group_size_option, is_skipped
 
 _MIN_SMOOTH = 1e-5
 
@@ -137,45 +138,19 @@ class W8A8Linear(nn.Module):
         n, k = self.out_features, self.in_features
         lead = x.shape[:-1]
         m = lead.numel()
-        lib = kernel() if x.device.type == "cpu" else None
-        if lib is None or m == 0:
+        if m == 0 or x.device.type != "cpu" or not kernels.available():
             q, scales = self.int8_state()
             return linear_w8a8_reference(
                 x.cpu(), q, scales, self.bias, self.group_size, self.inv_smooth
             ).to(x.device, x.dtype)
         x2 = x.reshape(m, k).to(torch.float32).contiguous()
         y = torch.empty(m, n, dtype=torch.float32)
-        inv = None if self.inv_smooth is None else self.inv_smooth.data_ptr()
-        bias = None if self.bias is None else self.bias.data_ptr()
-        nt = threads_for(m * n * k)
         if self.packed is not None:
-            lib.llmq_w8a8_packed(
-                self.packed.data_ptr(),
-                x2.data_ptr(),
-                inv,
-                bias,
-                y.data_ptr(),
-                m,
-                n,
-                k,
-                self.block,
-                nt,
-            )
+            kernels.w8a8_packed(self.packed, x2, self.inv_smooth, self.bias, y, n, k, self.block)
         else:
             assert self.weight_int8 is not None and self.scales is not None
-            lib.llmq_w8a8_gemm(
-                self.weight_int8.data_ptr(),
-                self.scales.data_ptr(),
-                x2.data_ptr(),
-                inv,
-                bias,
-                y.data_ptr(),
-                m,
-                n,
-                k,
-                self.block,
-                self.scales.shape[1],
-                nt,
+            kernels.w8a8_gemm(
+                self.weight_int8, self.scales, x2, self.inv_smooth, self.bias, y, n, k, self.block
             )
         return y.reshape(*lead, n).to(x.dtype)
 
@@ -261,9 +236,13 @@ class SmoothQuantW8A8(QuantScheme):
         self.alpha: float | None = None if alpha in (None, "none") else float(alpha)
         if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1] (or None: no smoothing), not {alpha!r}")
-        self.group_size = _group_option(config["group_size"])
+        self.group_size = group_size_option(config["group_size"])
         self.skip = [str(s) for s in config["skip"]]
         self._absmax: dict[str, torch.Tensor] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The base description plus ``kernel``: which path the layers run here."""
+        return {**super().describe(), "kernel": kernels.path_description("torch int8 fallback")}
 
     def prepare(self, model: nn.Module, calibration: list[torch.Tensor] | None = None) -> None:
         """Record ``max|X_j|`` per input channel of every linear layer on calibration text.
@@ -318,10 +297,10 @@ class SmoothQuantW8A8(QuantScheme):
         if self.alpha is not None and not self._calibrated_for(model):
             self.prepare(model)  # not prepared, or prepared on another model
         absmax = self._absmax or {}
-        kernel()  # build (or find) the kernel now, not inside the first timed forward
+        kernels.available()  # build (or find) the kernel now, not in the first timed forward
         convert_conv1d(model)  # after calibration: Conv1D and Linear see the same input
         for name, module in linear_like_layers(model).items():
-            if not _skipped(name, self.skip):
+            if not is_skipped(name, self.skip):
                 assert isinstance(module, nn.Linear)  # convert_conv1d made every layer one
                 set_submodule(
                     model,
@@ -355,7 +334,7 @@ class SmoothQuantW8A8(QuantScheme):
     def module_from_tensors(
         self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     ) -> nn.Module:
-        kernel()  # as in quantize: a loaded model is ready to time
+        kernels.available()  # as in quantize: a loaded model is ready to time
         return W8A8Linear(
             tensors["weight_int8"],
             tensors["scales"],

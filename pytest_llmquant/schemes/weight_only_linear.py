@@ -1,0 +1,149 @@
+"""The layer of ``weight-only-int8``: int8 weights, float32 block scales, float32 activations.
+
+Decode (up to ``KERNEL_MAX_TOKENS`` tokens a call) runs the AVX2 C kernel of
+:mod:`.kernels`, which reads 1 byte per weight instead of 4; prompts dequantize the weight
+and use the float32 GEMM, since prefill is compute bound and MKL beats a hand-written
+loop there. Without the kernel the layer dequantizes in torch: same numbers up to
+float32 summation order, several times slower.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import kernels
+from .int8_math import (
+    dequantize,
+    n_groups,
+    pack_rows,
+    packable,
+    quantize_per_channel,
+    unpack_rows,
+)
+
+#: Up to this many tokens per call the C kernel runs (decode, small batches); above it
+#: the weight is dequantized and the float32 GEMM runs (prompt processing).
+KERNEL_MAX_TOKENS = 8
+
+
+class WeightOnlyInt8Linear(nn.Module):
+    """A linear layer holding int8 weights and float32 block scales, never a float weight.
+
+    Shapes the C kernel can stream (columns in whole 32-column chunks and whole groups)
+    are kept only in the packed layout of :func:`int8_math.pack_rows`; other shapes keep
+    row-major ``weight_int8`` and ``scales``. Either way there is deliberately no
+    ``weight`` attribute: nothing can silently fall back to a float weight, and
+    :func:`pytest_llmquant.layers.coverage` counts the layer as quantized.
+    """
+
+    packed: torch.Tensor | None
+    weight_int8: torch.Tensor | None
+    scales: torch.Tensor | None
+    bias: torch.Tensor | None
+
+    def __init__(
+        self,
+        q: torch.Tensor,
+        scales: torch.Tensor,
+        bias: torch.Tensor | None,
+        group_size: int | None,
+    ) -> None:
+        super().__init__()
+        self.out_features, self.in_features = q.shape
+        self.group_size = group_size  # None: per channel
+        if scales.shape != (self.out_features, n_groups(self.in_features, group_size)):
+            raise ValueError(
+                f"scales of shape {tuple(scales.shape)} do not fit {tuple(q.shape)} "
+                f"with group_size={group_size}"
+            )
+        self.is_packed = packable(self.out_features, self.in_features, group_size)
+        if self.is_packed:
+            self.register_buffer("packed", pack_rows(q, scales, group_size))
+            self.register_buffer("weight_int8", None)
+            self.register_buffer("scales", None)
+        else:
+            self.register_buffer("packed", None)
+            self.register_buffer("weight_int8", q.to(torch.int8).contiguous())
+            self.register_buffer("scales", scales.to(torch.float32).contiguous())
+        self.register_buffer(
+            "bias", None if bias is None else bias.detach().to(torch.float32).clone()
+        )
+        #: block length the kernels see (the whole row when per channel)
+        self.block = group_size or max(self.in_features, 1)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int | None) -> WeightOnlyInt8Linear:
+        q, scales = quantize_per_channel(linear.weight.detach().to(torch.float32), group_size)
+        return cls(q, scales, linear.bias, group_size)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        """Keep scales and bias float32 through ``.to(dtype)``/``.half()`` (moving them
+        between devices is fine): the kernels read them as float32 whatever the
+        activations are, and a round trip through bfloat16 would lose precision."""
+        kept = {n: t for n in ("bias", "scales") if (t := self._buffers.get(n)) is not None}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new is not None and new.dtype != torch.float32:
+                self._buffers[name] = old.to(new.device)
+        return self
+
+    def int8_state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(q, scales)`` in the row-major layout of :func:`int8_math.quantize_per_channel`."""
+        if self.packed is not None:
+            return unpack_rows(self.packed, self.out_features, self.in_features, self.group_size)
+        assert self.weight_int8 is not None and self.scales is not None
+        return self.weight_int8, self.scales
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float32 weight this layer stands for (prompts and the pure-torch path)."""
+        if self.packed is not None and kernels.available():
+            n, k = self.out_features, self.in_features
+            w = torch.empty(n, k, dtype=torch.float32)
+            kernels.unpack_f32(self.packed, w, n, k, self.block)
+            return w
+        q, scales = self.int8_state()
+        return dequantize(q, scales, self.group_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # decode fast path: a few microseconds of Python per call matter here, because
+        # a 135M model makes ~200 of these calls per generated token
+        packed = self.packed  # a buffer read goes through nn.Module.__getattr__: once
+        if (
+            packed is not None
+            and kernels.loaded()
+            and x.dtype is torch.float32
+            and x.is_contiguous()
+            and x.device.type == "cpu"
+            and 0 < x.numel() <= KERNEL_MAX_TOKENS * (k := self.in_features)
+        ):
+            y = x.new_empty((*x.shape[:-1], self.out_features))
+            kernels.wo_packed(packed, x, self.bias, y, self.out_features, k, self.block)
+            return y
+        return self._forward_general(x)
+
+    def _forward_general(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = self.out_features, self.in_features
+        lead = x.shape[:-1]
+        m = lead.numel()
+        if m > KERNEL_MAX_TOKENS or x.device.type != "cpu" or m == 0 or not kernels.available():
+            w = self.dequantized_weight().to(x.device, x.dtype)
+            return nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+        x2 = x.reshape(m, k).to(torch.float32).contiguous()
+        y = torch.empty(m, n, dtype=torch.float32)
+        if self.packed is not None:
+            kernels.wo_packed(self.packed, x2, self.bias, y, n, k, self.block)
+        else:
+            assert self.weight_int8 is not None and self.scales is not None
+            kernels.wo_gemm(self.weight_int8, self.scales, x2, self.bias, y, n, k, self.block)
+        return y.reshape(*lead, n).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"group_size={self.group_size}, bias={self.bias is not None}, "
+            f"packed={self.is_packed}"
+        )
