@@ -81,6 +81,7 @@ def run_gates(
             continue
         result.test = nodeid
         result.seconds = time.perf_counter() - start
+        result.reference = pair.reference_label
         run.results.append(result)
         session.results.append(result)
         if not result.passed:

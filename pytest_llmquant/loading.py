@@ -122,7 +122,12 @@ def _check_causal(location: str, source: ModelSource, kwargs: dict[str, Any]) ->
 
 
 def load_pretrained(
-    location: str, source: ModelSource, *, trust_remote_code: bool, gguf_file: str | None = None
+    location: str,
+    source: ModelSource,
+    *,
+    trust_remote_code: bool,
+    gguf_file: str | None = None,
+    dtype: str = "float32",
 ) -> tuple[Any, Any]:
     import warnings
 
@@ -140,7 +145,7 @@ def load_pretrained(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _check_causal(location, source, kwargs)
-            model = AutoModelForCausalLM.from_pretrained(location, dtype="float32", **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
             kwargs.pop("use_safetensors", None)
             tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
     except (OSError, ValueError, ImportError, KeyError, RuntimeError) as exc:
@@ -167,7 +172,11 @@ def _forget_gguf_quantizer(model: Any) -> None:
 
 
 def _load_gguf_cached(
-    source: ModelSource, cache: ModelCache, trust_remote_code: bool, progress: Progress | None
+    source: ModelSource,
+    cache: ModelCache,
+    trust_remote_code: bool,
+    progress: Progress | None,
+    dtype: str,
 ) -> tuple[Any, Any]:
     """GGUF dequantization costs ~15-30 s; do it once and keep FP32 safetensors."""
 
@@ -184,7 +193,7 @@ def _load_gguf_cached(
         tokenizer.save_pretrained(directory)
 
     entry = cache.get_or_build("fp32", source.location, _gguf_fingerprint(source.location), build)
-    return load_pretrained(str(entry), source, trust_remote_code=False)
+    return load_pretrained(str(entry), source, trust_remote_code=False, dtype=dtype)
 
 
 def _finish(model: Any, tokenizer: Any, device: str) -> tuple[Any, Any]:
@@ -217,20 +226,20 @@ def load_fp32(
     trust_remote_code: bool = False,
     cache: ModelCache | None = None,
     progress: Progress | None = None,
+    dtype: str = "float32",
 ) -> tuple[Any, Any]:
-    """The FP32 model (eval mode) and its tokenizer for one ``--llmq-model`` value."""
+    """The reference model (eval mode, ``dtype``: float32 unless asked) and its tokenizer
+    for one ``--llmq-model`` value. A GGUF is converted to FP32 once and cached; another
+    precision is cast from that on load."""
     source = resolve(spec)
     if source.kind == "gguf":
         model, tokenizer = _load_gguf_cached(
-            source, cache or ModelCache(cache_dir), trust_remote_code, progress
-        )
-    elif source.kind == "dir":
-        _check_local_dir(Path(source.location), spec, trust_remote_code)
-        model, tokenizer = load_pretrained(
-            source.location, source, trust_remote_code=trust_remote_code
+            source, cache or ModelCache(cache_dir), trust_remote_code, progress, dtype
         )
     else:
+        if source.kind == "dir":
+            _check_local_dir(Path(source.location), spec, trust_remote_code)
         model, tokenizer = load_pretrained(
-            source.location, source, trust_remote_code=trust_remote_code
+            source.location, source, trust_remote_code=trust_remote_code, dtype=dtype
         )
     return _finish(model, tokenizer, device)

@@ -50,6 +50,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SESSION_KEY] = LlmqSession.from_config(config, settings.resolve(config))
     except LlmqUsageError as exc:
         raise pytest.UsageError(str(exc)) from None
+    from .schemes import kernels  # torch-free: only remembers where the kernel is built
+
+    kernels.set_cache_dir(config.stash[SESSION_KEY].settings.cache_dir)
     if getattr(config.option, "numprocesses", None) and not in_xdist_worker(config):
         config.pluginmanager.register(WorkerResults(config.stash[SESSION_KEY]), "llmquant-xdist")
 
@@ -93,7 +96,28 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             "llmq_model_id", [s.spec for s in session.sources], ids=session.labels, scope="session"
         )
     if "llmq_scheme" in names:
-        metafunc.parametrize("llmq_scheme", session.schemes, ids=session.schemes, scope="session")
+        metafunc.parametrize(
+            "llmq_scheme", session.schemes, ids=_int8_ids(metafunc, session), scope="session"
+        )
+
+
+def _int8_ids(metafunc: pytest.Metafunc, session: LlmqSession) -> list[str]:
+    """The INT8 part of a test id says what is tested, as far as collection can know it: the
+    checkpoint's label, else "fixture" (an ``int8_model`` override) or "hook" (a
+    ``pytest_llmq_quantize`` hook, which may still hand a scheme back), else the scheme.
+    The summary and reports give the label read from the built model."""
+    from .int8.origin import id_part
+
+    if session.int8_path:
+        return [id_part(s) for s in session.schemes]
+    defs = getattr(metafunc, "_arg2fixturedefs", {}).get("int8_model") or []
+    if defs and getattr(defs[-1].func, "__module__", __name__) != __name__:
+        route = "fixture"
+    elif metafunc.config.hook.pytest_llmq_quantize.get_hookimpls():
+        route = "hook"
+    else:
+        return list(session.schemes)
+    return [route] if len(session.schemes) == 1 else [f"{route}-{s}" for s in session.schemes]
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -139,9 +163,17 @@ def llmq_tokenizer(llmq_session: LlmqSession, llmq_model_id: str) -> Any:
 
 @pytest.fixture(scope="session")
 @_one_line
-def fp32_model(llmq_session: LlmqSession, llmq_model_id: str) -> Any:
-    """The FP32 model in eval mode, loaded once per session."""
+def reference_model(llmq_session: LlmqSession, llmq_model_id: str) -> Any:
+    """The reference model every gate compares the INT8 one with, in eval mode, loaded once
+    per session in ``--llmq-reference-dtype`` (float32 on CPU, bfloat16 on CUDA)."""
     return llmq_session.fp32(llmq_model_id)[0]
+
+
+@pytest.fixture(scope="session")
+def fp32_model(reference_model: Any) -> Any:
+    """The reference model under its first name (kept for compatibility: it is in
+    ``--llmq-reference-dtype``, float32 unless asked). Prefer ``reference_model``."""
+    return reference_model
 
 
 @pytest.fixture(scope="session")
@@ -149,9 +181,10 @@ def fp32_model(llmq_session: LlmqSession, llmq_model_id: str) -> Any:
 def int8_model(
     llmq_session: LlmqSession, llmq_model_id: str, llmq_scheme: str, fp32_model: Any
 ) -> Any:
-    """The INT8 copy made by ``llmq_scheme`` (or by a ``pytest_llmq_quantize`` hook).
-    Override this fixture in conftest.py to test your own INT8 model."""
-    return llmq_session.int8(llmq_model_id, llmq_scheme, fp32_model)[0]
+    """The INT8 model under test: the ``--llmq-int8-model`` checkpoint, or what your
+    ``pytest_llmq_quantize`` hook or the built-in ``llmq_scheme`` makes. Override this
+    fixture in conftest.py to test your own INT8 model."""
+    return llmq_session.int8(llmq_model_id, llmq_scheme, fp32_model).model
 
 
 @pytest.fixture
@@ -164,15 +197,19 @@ def llmq_pair(
     int8_model: Any,
     llmq_tokenizer: Any,
 ) -> ModelPair:
-    """Both models, the tokenizer, the scheme and the coverage, as the gates see them."""
+    """Both models, the tokenizer, the coverage and where the INT8 model came from, as the
+    gates see them."""
+    from .int8.origin import from_model
     from .layers import coverage
 
-    cov = coverage(fp32_model, int8_model)
-    label = llmq_session.label_of(llmq_model_id)
-    llmq_session.coverages[f"{label} [{llmq_scheme}]"] = cov
-    return ModelPair(
+    built = llmq_session.built_int8(llmq_model_id, llmq_scheme)
+    if built is not None and built.model is int8_model:
+        origin, cov = built.origin, built.coverage
+    else:  # the int8_model fixture is overridden: describe the model it returned
+        origin, cov = from_model(int8_model, "fixture"), coverage(fp32_model, int8_model)
+    pair = ModelPair(
         llmq_model_id,
-        label,
+        llmq_session.label_of(llmq_model_id),
         llmq_scheme,
         fp32_model,
         int8_model,
@@ -180,7 +217,12 @@ def llmq_pair(
         cov,
         device=llmq_session.device,
         threads=llmq_session.threads,
+        origin=origin,
+        reference_dtype=llmq_session.settings.reference_dtype,
     )
+    llmq_session.pairs[pair.name] = pair.summary()
+    llmq_session.coverages[pair.name] = cov
+    return pair
 
 
 @pytest.fixture

@@ -20,10 +20,13 @@ from .sources import ModelSource, resolve, unique_labels
 
 if TYPE_CHECKING:
     from .cache import ModelCache
+    from .int8.build import Int8Built
+    from .int8.origin import Int8Origin
     from .layers import Coverage
     from .progress import Progress
 
 SESSION_KEY = pytest.StashKey["LlmqSession"]()
+REFERENCE_LABELS = {"float32": "FP32", "bfloat16": "BF16", "float16": "FP16"}
 
 
 @dataclass
@@ -39,10 +42,34 @@ class ModelPair:
     coverage: Coverage
     device: str = "cpu"
     threads: int = 1
+    origin: Int8Origin | None = None  # None only for pairs built by hand (assertion helpers)
+    reference_dtype: str = "float32"
+
+    @property
+    def reference(self) -> Any:
+        """The model every gate compares against (``fp32`` is its first name)."""
+        return self.fp32
+
+    @property
+    def reference_label(self) -> str:
+        return REFERENCE_LABELS.get(self.reference_dtype, self.reference_dtype)
+
+    @property
+    def int8_label(self) -> str:
+        return self.origin.label if self.origin is not None else self.scheme
 
     @property
     def name(self) -> str:
-        return f"{self.label} [{self.scheme}]"
+        return f"{self.label} [{self.int8_label}]"
+
+    def summary(self) -> dict[str, Any]:
+        """What the reports say about this pair besides its measurements."""
+        return {
+            "model": self.model_id,
+            "reference_dtype": self.reference_dtype,
+            "int8": self.origin.as_dict() if self.origin is not None else {"label": self.scheme},
+            "coverage": self.coverage.as_dict(),
+        }
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -63,6 +90,7 @@ class LlmqSession:
     load_times: dict[str, float] = field(default_factory=dict)
     load_notes: dict[str, str] = field(default_factory=dict)
     coverages: dict[str, Coverage] = field(default_factory=dict)
+    pairs: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> ModelPair.summary()
     results: list[Any] = field(default_factory=list)  # GateResult, in run order
     measurements: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     benchmark_medians: dict[tuple[str, str, str], float] = field(default_factory=dict)
@@ -77,6 +105,9 @@ class LlmqSession:
             except LlmqUsageError as exc:
                 raise LlmqUsageError(f"{exc} ({set_where(settings, name)})") from None
 
+        from .devices import check_available
+
+        checked("device", check_available, settings.device)
         sources = [checked("model", resolve, s) for s in settings.model]
         schemes = list(settings.scheme) or [DEFAULT_SCHEME]
         for s in schemes:
@@ -140,6 +171,7 @@ class LlmqSession:
                     cache=self.cache,
                     trust_remote_code=self.settings.trust_remote_code,
                     progress=self.progress(),
+                    dtype=self.settings.reference_dtype,
                 )
             except LlmqError as exc:
                 self._fp32[spec] = exc
@@ -153,15 +185,14 @@ class LlmqSession:
             raise value
         return value
 
-    def int8(self, spec: str, scheme: str, fp32_model: Any = None) -> tuple[Any, Coverage]:
-        """The INT8 copy of ``fp32_model`` (default: the loaded FP32 model of ``spec``)."""
+    def int8(self, spec: str, scheme: str, fp32_model: Any = None) -> Int8Built:
+        """The INT8 model of this pair: the ``--llmq-int8-model`` checkpoint, or what the
+        quantize hook or the built-in ``scheme`` makes from ``fp32_model`` (default: the
+        loaded reference of ``spec``). Built once per model and scheme."""
         key = (spec, scheme)
         if key not in self._int8:
-            from .int8.build import build_int8
-
             model = fp32_model if fp32_model is not None else self.fp32(spec)[0]
             label = self.label_of(spec)
-            hook = self.config.hook.pytest_llmq_quantize
             try:
                 if self.int8_path:
                     from .int8.checkpoint import load_int8_checkpoint
@@ -170,22 +201,28 @@ class LlmqSession:
                         self.int8_path, model, device=self.device
                     )
                 else:
-                    self._int8[key] = build_int8(
+                    from .int8.build import make_int8
+
+                    hook = self.config.hook.pytest_llmq_quantize
+                    self._int8[key] = make_int8(
                         model,
                         scheme,
                         device=self.device,
                         label=label,
-                        quantize_hook=lambda **kw: hook(
-                            **{**kw, "config": {**kw["config"], "label": label}}
-                        ),
+                        quantize_hook=hook if hook.get_hookimpls() else None,
                     )
             except LlmqError as exc:
                 self._int8[key] = exc
         value = self._int8[key]
         if isinstance(value, LlmqError):
             raise value
-        self.coverages[f"{self.label_of(spec)} [{scheme}]"] = value[1]
+        self.coverages[f"{self.label_of(spec)} [{value.origin.label}]"] = value.coverage
         return value
+
+    def built_int8(self, spec: str, scheme: str) -> Int8Built | None:
+        """What :meth:`int8` built for this pair, if anything (None: a fixture override)."""
+        value = self._int8.get((spec, scheme))
+        return None if value is None or isinstance(value, LlmqError) else value
 
     def progress(self) -> Progress:
         """A fresh throttled progress line on the terminal (quiet under -q)."""

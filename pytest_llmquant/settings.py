@@ -87,6 +87,16 @@ def device(value: Any) -> str:
     return text
 
 
+REFERENCE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def reference_dtype(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in REFERENCE_DTYPES:
+        raise ValueError(f"must be one of {', '.join(REFERENCE_DTYPES)}")
+    return text
+
+
 def text(value: Any) -> str:
     return str(value).strip()
 
@@ -174,6 +184,13 @@ OPTIONS: tuple[Option, ...] = (
         default=(),
     ),
     Option("device", "device to run both models on", check=device, default="cpu", example="cpu"),
+    Option(
+        "reference_dtype",
+        "precision of the reference model every gate compares against "
+        "(default: float32 on CPU, bfloat16 on CUDA)",
+        check=reference_dtype,
+        example="bfloat16",
+    ),
     Option(
         "cache_dir",
         "where converted FP32 weights and the INT8 kernel are cached "
@@ -323,6 +340,7 @@ class Settings:
     model: tuple[str, ...] = ()
     scheme: tuple[str, ...] = ()
     device: str = "cpu"
+    reference_dtype: str = "float32"
     cache_dir: str | None = None
     threads: int = 1
     trust_remote_code: bool = False
@@ -408,6 +426,8 @@ def resolve(config: pytest.Config) -> Settings:
             raise _bad(opt, label, source, raw, str(exc).split(";")[0]) from None
     if values["threads"] is None:
         values["threads"] = default_threads()
+    if values["reference_dtype"] is None:  # what a user deploys instead of INT8 there
+        values["reference_dtype"] = "bfloat16" if values["device"].startswith("cuda") else "float32"
     return Settings(**values, origin=origin)
 
 

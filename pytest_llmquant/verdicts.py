@@ -40,10 +40,11 @@ class GateResult:
     close: bool = False
     test: str = ""
     seconds: float = 0.0  # wall time of the measurement behind this verdict, in this test
+    reference: str = "FP32"  # the precision the INT8 model was compared with (a column name)
 
     @property
     def long_repr(self) -> str:
-        return self.message + "\n" + format_table(self.rows)
+        return self.message + "\n" + format_table(self.rows, self.reference)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class GateResult:
             "passed": self.passed,
             "close": self.close,
             "seconds": round(self.seconds, 3),
+            "reference": self.reference,
             "message": self.message,
             "thresholds": self.thresholds,
             "measurement": self.measurement,
@@ -77,11 +79,12 @@ def result_from_dict(data: dict[str, Any]) -> GateResult:
         data.get("close", False),
         data.get("test", ""),
         data.get("seconds", 0.0),
+        data.get("reference", "FP32"),
     )
 
 
-def format_table(rows: list[Row]) -> str:
-    header = ("metric", "FP32", "INT8", "ratio", "threshold", "verdict")
+def format_table(rows: list[Row], reference: str = "FP32") -> str:
+    header = ("metric", reference, "INT8", "ratio", "threshold", "verdict")
     body = [(r.metric, r.fp32, r.int8, r.ratio, r.threshold, r.verdict) for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
     lines = [

@@ -57,6 +57,7 @@ def test_settings_are_frozen() -> None:
 #: one bad value per checked option, and the words its error must contain
 BAD_VALUES = {
     "device": ("gpu0", "must be a device like cpu, cuda or cuda:1"),
+    "reference_dtype": ("fp8", "must be one of float32, bfloat16, float16"),
     "cache_dir": ("{file}", "must be a directory"),
     "threads": ("0", "must be a positive integer"),
     "trust_remote_code": ("maybe", "must be true or false"),
@@ -159,3 +160,46 @@ def test_markers_are_registered_for_strict_markers(pytester: pytest.Pytester) ->
             "@pytest.mark.quant_memory(min_ratio=None, kind='weights'): *",
         ]
     )
+
+
+class FakeConfig:
+    """Enough of pytest.Config for settings.resolve: CLI values only."""
+
+    def __init__(self, **cli: str) -> None:
+        self.cli = cli
+
+    def getoption(self, name: str, default: object = None) -> object:
+        return self.cli.get(name, default)
+
+    def getini(self, name: str) -> object:
+        return [] if name in ("llmq_model", "llmq_scheme") else None
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [("cpu", "float32"), ("cuda", "bfloat16"), ("cuda:1", "bfloat16")],
+)
+def test_the_reference_is_what_users_deploy_on_that_device(
+    monkeypatch: pytest.MonkeyPatch, device: str, expected: str
+) -> None:
+    from pytest_llmquant.settings import resolve
+
+    monkeypatch.delenv("PYTEST_LLMQ_REFERENCE_DTYPE", raising=False)
+    s = resolve(FakeConfig(llmq_device=device))  # type: ignore[arg-type]
+    assert (s.reference_dtype, s.origin["reference_dtype"]) == (expected, "default")
+    s = resolve(FakeConfig(llmq_device=device, llmq_reference_dtype="float16"))  # type: ignore[arg-type]
+    assert s.reference_dtype == "float16"
+
+
+def test_cuda_without_a_gpu_exits_4_in_one_line(pytester: pytest.Pytester) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device: the error cannot happen here")
+    pytester.makepyfile("def test_never_collected(): pass")
+    result = pytester.runpytest_inprocess("--llmq-device=cuda")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    lines = [x for x in result.stderr.lines if x.startswith("ERROR:")]
+    assert len(lines) == 1
+    assert "--llmq-device=cuda: no CUDA device is visible here" in lines[0]
+    assert "pass --llmq-device=cpu" in lines[0] and "set on the command line" in lines[0]

@@ -110,6 +110,9 @@ def _baseline(args: dict[str, Any]) -> dict[str, Any]:
 def _model(args: dict[str, Any], mode: str) -> tuple[Any, Any, dict[str, Any]]:
     from ..int8.build import build_int8
     from ..loading import load_fp32
+    from ..schemes import kernels
+
+    kernels.set_cache_dir(args.get("cache_dir"))  # the parent's kernel, not a second build
 
     device = str(args.get("device", "cpu"))
     model, tokenizer = load_fp32(
