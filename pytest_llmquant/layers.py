@@ -105,6 +105,7 @@ class Coverage:
             "quantized": len(self.quantized),
             "total": self.total,
             "kept_float": list(self.kept_float),
+            "quantized_layers": list(self.quantized),
         }
 
 

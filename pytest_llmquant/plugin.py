@@ -20,6 +20,14 @@ from .gates import GATE_RUN, gate_marks, outcome, properties, run_gates
 from .marks import MARKERS, marker_line, validate
 from .reporting.json_report import strict_json
 from .session import SESSION_KEY, LlmqSession, ModelPair, get_session
+from .workers import (
+    RESULT_PROPERTY,
+    WorkerResults,
+    group_marks,
+    in_xdist_worker,
+    warn_if_groups_are_ignored,
+    worker_properties,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 NO_MODEL = (
@@ -55,6 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
     kernels.set_cache_dir(config.stash[SESSION_KEY].settings.cache_dir)
     if getattr(config.option, "numprocesses", None) and not in_xdist_worker(config):
         config.pluginmanager.register(WorkerResults(config.stash[SESSION_KEY]), "llmquant-xdist")
+        warn_if_groups_are_ignored(config)
 
 
 # -- collection ------------------------------------------------------------------------
@@ -91,14 +100,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if session is None or not session.sources:
         return
     names = metafunc.fixturenames
+    config = metafunc.config
     if "llmq_model_id" in names:
-        metafunc.parametrize(
-            "llmq_model_id", [s.spec for s in session.sources], ids=session.labels, scope="session"
-        )
+        models = [
+            pytest.param(s.spec, id=label, marks=group_marks(config, "model", s.spec))
+            for s, label in zip(session.sources, session.labels, strict=True)
+        ]
+        metafunc.parametrize("llmq_model_id", models, scope="session")
     if "llmq_scheme" in names:
-        metafunc.parametrize(
-            "llmq_scheme", session.schemes, ids=_int8_ids(metafunc, session), scope="session"
-        )
+        schemes = [
+            pytest.param(s, id=i, marks=group_marks(config, "scheme", s))
+            for s, i in zip(session.schemes, _int8_ids(metafunc, session), strict=True)
+        ]
+        metafunc.parametrize("llmq_scheme", schemes, scope="session")
 
 
 def _int8_ids(metafunc: pytest.Metafunc, session: LlmqSession) -> list[str]:
@@ -246,28 +260,6 @@ def pytest_collection_modifyitems(
         items.extend(collect_suite(session))
 
 
-def in_xdist_worker(config: pytest.Config) -> bool:
-    return hasattr(config, "workerinput")
-
-
-RESULT_PROPERTY = "llmq.result"
-
-
-class WorkerResults:
-    """Registered in the xdist controller: collects the gate results the workers measured,
-    so the JSON report, the Markdown summary and the baseline cover the whole run."""
-
-    def __init__(self, session: LlmqSession) -> None:
-        self.session = session
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        from .verdicts import result_from_dict
-
-        for key, value in getattr(report, "user_properties", []):
-            if key == RESULT_PROPERTY:
-                self.session.results.append(result_from_dict(json.loads(value)))
-
-
 # -- gates ---------------------------------------------------------------------------------
 
 
@@ -303,10 +295,12 @@ def pytest_runtest_makereport(
     """Attach what the gates measured: a section per gate, and for an xdist controller
     the results themselves (on the call report only, so each arrives once)."""
     report = yield
-    run = item.stash.get(GATE_RUN, None)
-    if call.when != "call" or run is None:
+    if call.when != "call":
         return report
-    for result in run.results:
+    if in_xdist_worker(item.config):
+        report.user_properties.extend(worker_properties(get_session(item.config), item))
+    run = item.stash.get(GATE_RUN, None)
+    for result in run.results if run is not None else ():
         if in_xdist_worker(item.config):  # the controller writes the reports: send it the result
             report.user_properties.append(
                 (RESULT_PROPERTY, json.dumps(strict_json(result.as_dict())))

@@ -110,15 +110,17 @@ def report_dict(session: Any) -> dict[str, Any]:
         "schemes": list(getattr(session, "schemes", None) or []),
         "models": _models(session),
     }
-    for name in ("eval_tokens", "new_tokens", "time_budget"):
+    for name in ("reference_dtype", "eval_tokens", "new_tokens", "time_budget"):
         value = option(session, name)
         if value is not None:
             settings[name] = value
     coverages = getattr(session, "coverages", None) or {}
+    known = getattr(session, "pairs", None) or {}
     pairs: dict[str, Any] = {}
     for name, results in results_by_pair(session).items():
         cov = coverages.get(name)
         pairs[name] = {
+            **{k: v for k, v in known.get(name, {}).items() if k != "coverage"},
             "coverage": cov.as_dict() if cov is not None else None,
             "passed": all(r.passed for r in results),
             "gates": [{**r.as_dict(), "verdict": "pass" if r.passed else "fail"} for r in results],
