@@ -41,8 +41,9 @@ class Int8Description:
         return self.route != "none"
 
     def __str__(self) -> str:
-        bits = f", {self.bits}-bit weights" if self.bits is not None else ""
-        return f"{self.label}{bits}"
+        if self.bits is None or f"{self.bits}-bit" in self.label:
+            return self.label
+        return f"{self.label}, {self.bits}-bit weights"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

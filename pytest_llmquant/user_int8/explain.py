@@ -68,7 +68,7 @@ def explain_load_error(exc: BaseException, path: str, checkpoint: Int8Descriptio
     installed version of the library that saved the checkpoint, since a version
     mismatch is the usual cause.
     """
-    what = f"--llmq-int8-model={path} ({checkpoint.label})"
+    what = f"the INT8 checkpoint {path} ({checkpoint.label})"
     if isinstance(exc, (LlmqUsageError, LlmqModelError)):
         return exc
     if isinstance(exc, ImportError):
@@ -104,7 +104,7 @@ def check_not_dequantized(path: str, checkpoint: Int8Description, loaded: Int8De
         else "this machine has no kernel for it"
     )
     raise LlmqUsageError(
-        f"--llmq-int8-model={path} is a {checkpoint.label} checkpoint, but transformers "
+        f"the INT8 checkpoint {path} is {checkpoint.label}, but transformers "
         f"dequantized it to float on load ({runtime}), so the gates would measure an FP32 "
         "model; test it where its kernels run, or pass a checkpoint transformers keeps "
         "quantized on this device (torchao, bitsandbytes, a pytest-llmquant scheme)"
@@ -167,11 +167,12 @@ def compare_over_shared_vocab(
     extra = int8_vocab - vocab
     probs = torch.softmax(int8_logits.float(), dim=-1)
     mass = float(probs[..., vocab:].sum(-1).max())
-    picked = int((int8_logits.argmax(-1) >= vocab).sum())
+    winners = int8_logits.argmax(-1) >= vocab
+    picked, positions = int(winners.sum()), int(winners.numel())
     if picked:
         raise LlmqModelError(
             f"{label} predicts one of its {extra} padded vocabulary ids (beyond the FP32 "
-            f"model's {vocab}) at {picked} positions, so greedy decoding would emit tokens that "
+            f"model's {vocab}) at {picked} of {positions} positions, so greedy decoding would emit tokens that "
             "do not exist; its lm_head padding is not inert: fix the export"
         )
     note = (

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import LlmqError
+from ..errors import LlmqError, LlmqUsageError
 from .description import Int8Description
 from .detect import QUANTO_MAP_FILE, describe_checkpoint, describe_int8
 
@@ -112,13 +112,25 @@ def _save_pretrained(model: Any, desc: Int8Description, directory: Path) -> Save
     try:
         model.save_pretrained(directory, safe_serialization=True)
     except Exception as exc:  # the library's own refusal: reported, not raised
-        first = " ".join(str(exc).split())[:160]
+        # e.g. transformers 5.24 cannot re-save a bitsandbytes checkpoint it loaded
+        # (NotImplementedError): measure such a model through its origin directory
+        _clear(directory)
+        first = " ".join(str(exc).split())[:160] or "no message"
         return _reason(desc, f"save_pretrained failed ({type(exc).__name__}: {first})")
     pickles = [p.name for p in directory.iterdir() if p.name.endswith(PICKLE_SUFFIXES)]
     if pickles:
-        shutil.rmtree(directory)
+        _clear(directory)
         return _reason(desc, f"save_pretrained wrote pickle files ({pickles[0]})")
     return _outcome(directory, "save_pretrained(safe_serialization=True)", "transformers", False)
+
+
+def _clear(directory: Path) -> None:
+    """Remove a failed save's files, so no half checkpoint is measured or loaded later."""
+    for p in directory.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def _save_quanto(model: Any, desc: Int8Description, directory: Path) -> SaveOutcome | str:
@@ -184,8 +196,10 @@ def save_int8(
 ) -> SaveOutcome | str:
     """Save ``model`` under ``directory`` with its maker's safe format, or say why not.
 
-    ``origin`` is the ``--llmq-int8-model`` directory the model was loaded from: its
-    files are measured as they are (``directory`` is then unused). Returns a
+    ``directory`` must be new or empty (a failed save empties it again). ``origin`` is
+    the ``--llmq-int8-model`` directory the model was loaded from: its files are
+    measured as they are (``directory`` is then unused); pass it for every model loaded
+    from a checkpoint, as some cannot be saved again (bitsandbytes, transformers 5.24). Returns a
     :class:`SaveOutcome`, or a one-line reason (a ``str``) the gate reports as a skip.
     """
     if origin is not None:
@@ -194,6 +208,8 @@ def save_int8(
     if not desc.is_quantized:
         return f"the INT8 model is not quantized (every linear layer holds a float weight); {FIX}"
     target = Path(directory)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise LlmqUsageError(f"save_int8 needs a new or empty directory; {target} is not")
     target.mkdir(parents=True, exist_ok=True)
     if desc.route == "llmq":
         return _save_ours(model, desc, target)
