@@ -109,6 +109,40 @@ def test_quanto_qint8_is_saved_in_quantos_own_format(llama_dir: Path, tmp_path: 
     assert_saved_and_reloaded(model, outcome, llama_dir)
 
 
+def test_quanto_keeps_a_tied_lm_head_tied(tmp_path: Path) -> None:
+    quanto = pytest.importorskip("optimum.quanto")
+    from pytest_llmquant.user_int8 import load_saved_int8
+
+    tied_dir = make_tiny_llama(tmp_path / "tied", tied=True)
+    model = load(tied_dir)
+    quanto.quantize(model, weights=quanto.qint8, exclude="lm_head")  # lm_head stays the embedding
+    quanto.freeze(model)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    outcome = save_int8(model, tmp_path / "int8")
+    assert_saved_and_reloaded(model, outcome, tied_dir)
+    assert isinstance(outcome, SaveOutcome)
+    reloaded = load_saved_int8(**outcome.probe)
+    assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight  # stored once
+
+
+def test_quanto_reloads_an_untied_head_of_a_tied_config(tmp_path: Path) -> None:
+    """The config says tie_word_embeddings, but this model's head has its own values (as a
+    fine-tuned head would): the reload must not tie them again."""
+    quanto = pytest.importorskip("optimum.quanto")
+    tied_dir = make_tiny_llama(tmp_path / "tied", tied=True)
+    model = load(tied_dir)
+    head = model.model.embed_tokens.weight.detach() + 0.05 * torch.randn_like(model.lm_head.weight)
+    model.lm_head.weight = torch.nn.Parameter(head)
+    quanto.quantize(model, weights=quanto.qint8, exclude="lm_head")
+    quanto.freeze(model)
+    outcome = save_int8(model, tmp_path / "int8")
+    assert isinstance(outcome, SaveOutcome), outcome
+    expected = logits(model)
+    torch.testing.assert_close(
+        reload_logits(outcome.probe).reshape(expected.shape), expected, **SAME
+    )
+
+
 def test_quanto_through_transformers_which_cannot_save_it(llama_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("optimum.quanto")
     from transformers import QuantoConfig

@@ -24,8 +24,9 @@ print("LOGITS " + json.dumps(logits.float().flatten().tolist()))
 """
 
 
-def make_tiny_llama(directory: Path, seed: int = 0) -> Path:
-    """A random-weight LlamaForCausalLM (hidden 64, 2 layers) with the tiny tokenizer."""
+def make_tiny_llama(directory: Path, seed: int = 0, *, tied: bool = False) -> Path:
+    """A random-weight LlamaForCausalLM (hidden 64, 2 layers) with the tiny tokenizer;
+    ``tied``: lm_head shares the embedding, as in SmolLM2."""
     import torch
     from tiny_models import make_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -44,6 +45,7 @@ def make_tiny_llama(directory: Path, seed: int = 0) -> Path:
         max_position_embeddings=256,
         bos_token_id=tok.eos_token_id,
         eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=tied,
     )
     LlamaForCausalLM(config).eval().save_pretrained(directory, safe_serialization=True)
     return directory

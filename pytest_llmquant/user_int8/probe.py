@@ -88,8 +88,9 @@ def _load_quanto(path: Path, device: str) -> Any:
     # Built on CPU, not on the meta device: requantize would leave non-persistent buffers
     # (rotary inv_freq) uninitialised on meta, and the logits would differ.
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    _untie(model)  # the saved "tied" list, not the config, says what shares a tensor
     requantize(model, state, qmap, device=torch.device(device))
-    for alias, source in tied.items():  # requantize re-creates parameters, which unties them
+    for alias, source in tied.items():
         owner, _, attr = alias.rpartition(".")
         src_owner, _, src_attr = source.rpartition(".")
         setattr(model.get_submodule(owner), attr, getattr(model.get_submodule(src_owner), src_attr))
@@ -101,6 +102,28 @@ def _load_quanto(path: Path, device: str) -> Any:
             "again with pytest_llmquant.user_int8.save_int8"
         )
     return model
+
+
+def _untie(model: Any) -> None:
+    """Give every parameter shared by two modules its own storage.
+
+    A config may say ``tie_word_embeddings`` while the saved model holds two different
+    tensors (quanto quantized ``lm_head`` and not the embedding, or the checkpoint was
+    never tied). requantize re-wraps each parameter without copying, so a shared storage
+    would receive both tensors, the second overwriting the first.
+    """
+    import torch
+
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) in seen:
+                module._parameters[name] = torch.nn.Parameter(
+                    param.detach().clone(), requires_grad=param.requires_grad
+                )
+            seen.add(id(param))
 
 
 def load_saved_int8(
