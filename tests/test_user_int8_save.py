@@ -168,6 +168,22 @@ def test_our_scheme_is_saved_with_its_recipe(
     assert_saved_and_reloaded(model, outcome, tiny_gpt2_dir)
 
 
+def test_a_scheme_save_that_fails_is_a_reason_not_an_error(llama_dir: Path, tmp_path: Path) -> None:
+    """Our layers everywhere but a torchao lm_head: the scheme's save cannot store the torchao
+    tensor; the user gets one line, and no half-written files."""
+    quantization = pytest.importorskip("torchao.quantization")
+    from pytest_llmquant import get_scheme
+
+    model = load(llama_dir)
+    quantization.quantize_(model.lm_head, quantization.Int8WeightOnlyConfig())
+    model.model = get_scheme("weight-only-int8").quantize(model.model)
+    assert describe_int8(model).route == "llmq"
+    reason = save_int8(model, tmp_path / "int8")
+    assert isinstance(reason, str) and "\n" not in reason
+    assert reason.startswith("cannot save the weight-only-int8 model safely: saving failed (")
+    assert not list((tmp_path / "int8").iterdir())
+
+
 def test_an_fp32_model_is_not_saved_as_int8(llama_dir: Path, tmp_path: Path) -> None:
     reason = save_int8(load(llama_dir), tmp_path / "int8")
     assert isinstance(reason, str) and "not quantized" in reason

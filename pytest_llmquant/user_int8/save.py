@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import LlmqError, LlmqUsageError
+from ..errors import LlmqUsageError
 from .description import Int8Description
 from .detect import QUANTO_MAP_FILE, describe_checkpoint, describe_int8
 
@@ -172,13 +172,7 @@ def _save_quanto(model: Any, desc: Int8Description, directory: Path) -> SaveOutc
 def _save_ours(model: Any, desc: Int8Description, directory: Path) -> SaveOutcome | str:
     from ..schemes import get_scheme
 
-    try:
-        get_scheme(str(desc.scheme)).save(model, directory)
-    except LlmqError as exc:
-        return _reason(desc, str(exc))
-    except Exception as exc:  # e.g. a model mixing our layers with a library's tensors
-        first = " ".join(str(exc).split())[:160]
-        return _reason(desc, f"{desc.scheme} save failed ({type(exc).__name__}: {first})")
+    get_scheme(str(desc.scheme)).save(model, directory)
     return _outcome(directory, f"pytest-llmquant {desc.scheme} recipe", "llmq-recipe", False)
 
 
@@ -199,8 +193,9 @@ def save_int8(
     ``directory`` must be new or empty (a failed save empties it again). ``origin`` is
     the ``--llmq-int8-model`` directory the model was loaded from: its files are
     measured as they are (``directory`` is then unused); pass it for every model loaded
-    from a checkpoint, as some cannot be saved again (bitsandbytes, transformers 5.24). Returns a
-    :class:`SaveOutcome`, or a one-line reason (a ``str``) the gate reports as a skip.
+    from a checkpoint, as some cannot be saved again (bitsandbytes, transformers 5.24).
+    Returns a :class:`SaveOutcome`, or a one-line reason (a ``str``) the gate reports
+    as a skip.
     """
     if origin is not None:
         return _from_origin(Path(origin).expanduser())
@@ -211,6 +206,15 @@ def save_int8(
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise LlmqUsageError(f"save_int8 needs a new or empty directory; {target} is not")
     target.mkdir(parents=True, exist_ok=True)
+    try:
+        return _dispatch(model, desc, target)
+    except Exception as exc:  # a library's (or a scheme's) own error: reported, not raised
+        _clear(target)
+        first = " ".join(str(exc).split())[:160] or "no message"
+        return _reason(desc, f"saving failed ({type(exc).__name__}: {first})")
+
+
+def _dispatch(model: Any, desc: Int8Description, target: Path) -> SaveOutcome | str:
     if desc.route == "llmq":
         return _save_ours(model, desc, target)
     quantizer = getattr(model, "hf_quantizer", None)
