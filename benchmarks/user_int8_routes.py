@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shutil
 import statistics
 import tempfile
 import time
@@ -130,11 +131,9 @@ def main() -> None:
     import warnings
 
     import torch
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from pytest_llmquant import load_fp32
-    from pytest_llmquant.user_int8 import SaveOutcome, describe_int8, save_int8
 
     warnings.simplefilter("ignore")
     hf_logging.set_verbosity_error()
@@ -142,8 +141,23 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     fp32, tokenizer = load_fp32(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="llmq-routes-"))
+    try:
+        run(args, fp32, tokenizer, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # ~1.5 GB of checkpoints
+
+
+def run(args: argparse.Namespace, fp32: Any, tokenizer: Any, tmp: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pytest_llmquant.user_int8 import SaveOutcome, describe_int8, save_int8
+    from pytest_llmquant.user_int8.save import model_files
+
     fp32_dir = tmp / "fp32"
     fp32.save_pretrained(fp32_dir, safe_serialization=True)
+    fp32_mb = sum(p.stat().st_size for p in model_files(fp32_dir)) / 1e6
+    print(f"fp32 saved (save_pretrained, safetensors): {fp32_mb:.1f} MB")
     start = time.perf_counter()
     AutoModelForCausalLM.from_pretrained(fp32_dir, dtype=torch.float32)
     print(
