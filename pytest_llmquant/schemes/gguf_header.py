@@ -76,7 +76,7 @@ class _Cursor:
     def unpack(self, fmt: str) -> Any:
         size = struct.calcsize("<" + fmt)
         if self.pos + size > len(self.buf):
-            raise GGUFFormatError(f"ends inside the header (at byte {self.pos})")
+            raise GGUFFormatError(f"the header ends early (at byte {self.pos})")
         (value,) = struct.unpack_from("<" + fmt, self.buf, self.pos)
         self.pos += size
         return value
@@ -127,15 +127,15 @@ def read_header(path: str | Path) -> GGUFHeader:
         try:
             buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError:  # an empty file cannot be mapped
-            raise GGUFFormatError("is empty") from None
+            raise GGUFFormatError("the file is empty") from None
     cur = _Cursor(buf)
     if cur.unpack("4s") != b"GGUF":
-        raise GGUFFormatError("does not start with 'GGUF'")
+        raise GGUFFormatError("it does not start with 'GGUF'")
     version = cur.unpack("I")
     if version not in (2, 3):
         swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
-        kind = "a big-endian" if swapped in (2, 3) else f"a version {version}"
-        raise GGUFFormatError(f"is {kind} GGUF file (only little-endian GGUF v2/v3 is read)")
+        kind = "a big-endian GGUF" if swapped in (2, 3) else f"GGUF version {version}"
+        raise GGUFFormatError(f"it is {kind} file (only little-endian GGUF v2/v3 is read)")
     n_tensors, n_kv = cur.unpack("Q"), cur.unpack("Q")
     header = GGUFHeader(version)
     for _ in range(n_kv):
@@ -148,7 +148,7 @@ def read_header(path: str | Path) -> GGUFHeader:
         infos.append((name, dims, cur.unpack("I"), cur.unpack("Q")))
     align = header.fields.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(align, int) or align <= 0 or align & (align - 1):
-        raise GGUFFormatError(f"has an invalid general.alignment {align!r}")
+        raise GGUFFormatError(f"invalid general.alignment {align!r}")
     start = -(-cur.pos // align) * align
     for name, dims, type_id, offset in infos:
         shape = tuple(reversed(dims)) or (1,)
@@ -165,7 +165,7 @@ def read_header(path: str | Path) -> GGUFHeader:
         byte_shape = (*shape[:-1], shape[-1] // block * size)
         nbytes = int(np.prod(byte_shape))
         if start + offset + nbytes > len(buf):
-            raise GGUFFormatError(f"is truncated (tensor {name} runs past the end of the file)")
+            raise GGUFFormatError(f"truncated: tensor {name} runs past the end of the file")
         data = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=start + offset)
         header.tensors.append(GGUFTensor(name, qtype.name, shape, data.reshape(byte_shape)))
     return header

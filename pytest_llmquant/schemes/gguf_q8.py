@@ -116,7 +116,7 @@ def _type_counts(header: GGUFHeader) -> dict[str, int]:
 
 def _describe(header: GGUFHeader, path: str | Path) -> tuple[str, int, dict[str, int]]:
     types = _type_counts(header)
-    held = ", ".join(f"{name} ({n} tensors)" for name, n in types.items())
+    held = ", ".join(f"{name} ({n} tensor{'s' * (n != 1)})" for name, n in types.items())
     other = [t for t in types if t not in FLOAT_TYPES and t != INT8_TYPE]
     if other:
         raise LlmqUsageError(
@@ -426,7 +426,7 @@ def load_gguf_int8(path: str | Path, fp32_model: nn.Module, *, device: str = "cp
         scheme = get_scheme("weight-only-int8", group_size=Q8_0_BLOCK)
         loaded.int8[lm_head] = _int8_layer(scheme, loaded.q8_embedding, None, path)
     _assemble(model, loaded, fp32_model, path)
-    if from_embedding:
+    if lm_head in loaded.int8 and hasattr(model.config, "tie_word_embeddings"):
         model.config.tie_word_embeddings = False  # its own int8 module now, not a shared weight
     if getattr(fp32_model, "generation_config", None) is not None:
         model.generation_config = copy.deepcopy(fp32_model.generation_config)
