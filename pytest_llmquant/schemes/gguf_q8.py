@@ -24,9 +24,15 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LlmqUsageError
+from .gguf_transformers import (
+    hparams_from_header,
+    row_order,
+    transformers_architecture,
+    weights_map,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -80,25 +86,9 @@ def _header(path: str | Path) -> GGUFHeader:
         ) from None
 
 
-def _transformers_architecture(arch: str) -> str | None:
-    """The name transformers' GGUF loader knows ``arch`` by, or None where it has none.
-
-    Mirrors the renames in ``transformers.modeling_gguf_pytorch_utils.load_gguf_checkpoint``
-    so the check can run at start-up without importing torch; the load re-checks with
-    transformers itself."""
-    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
-
-    known = set(GGUF_CONFIG_MAPPING) - {"general", "tokenizer"}
-    renamed = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss"}
-    for name in (arch, renamed.get(arch), arch.replace("-", "_"), "t5" if "t5" in arch else None):
-        if name in known:
-            return name
-    return None
-
-
 def _architecture(header: GGUFHeader, path: str | Path) -> str:
     arch = str(header.fields.get("general.architecture") or "")
-    if not arch or _transformers_architecture(arch) is None:
+    if not arch or transformers_architecture(arch) is None:
         raise LlmqUsageError(
             f"{_option(path)} is a {arch or 'unnamed'!r} GGUF, an architecture transformers "
             "cannot load from GGUF; test a GGUF of an architecture transformers supports "
@@ -162,83 +152,6 @@ def _q8_0_tensor(tensor: GGUFTensor, path: str | Path) -> tuple[torch.Tensor, to
     return torch.from_numpy(q), torch.from_numpy(scales)
 
 
-def _row_order(processor: Any, name: str, shape: tuple[int, int], mapping: dict[str, str]) -> Any:
-    """How transformers' processor moves the rows of tensor ``name``: ``(new name, order)``
-    with ``order`` None when it leaves them in place, or None when it does anything other
-    than permute whole rows (then Q8_0 blocks cannot follow losslessly).
-
-    The probe holds each element's own index, so the result shows exactly where every
-    element went; a narrow probe is tried first because it is cheap, the full width where
-    the processor needs the real shape.
-    """
-    import numpy as np
-
-    rows, cols = shape
-    for width in dict.fromkeys((min(cols, Q8_0_BLOCK), cols)):
-        probe = np.arange(rows * width, dtype=np.float64).reshape(rows, width)
-        try:
-            result = processor.process(
-                weights=probe,
-                name=name,
-                tensor_key_mapping=mapping,
-                parsed_parameters={"tensors": {}},
-            )
-        except Exception:  # the processor needs the real width: try it
-            continue
-        out = np.asarray(result.weights)
-        if result.name is None or out.shape != (rows, width):
-            continue
-        order = (out[:, 0] // width).astype(np.int64)
-        expected = order[:, None] * width + np.arange(width)
-        if not np.array_equal(out, expected) or not np.array_equal(np.sort(order), np.arange(rows)):
-            return None
-        return result.name, None if np.array_equal(order, np.arange(rows)) else order
-    return None
-
-
-def _gguf_hparams(header: GGUFHeader, arch: str) -> dict[str, Any]:
-    """The model hyper-parameters in the GGUF header under transformers' config names
-    (``llama.attention.head_count`` -> ``num_attention_heads``, ...), read with transformers'
-    own key table: its tensor processors take them as their config (llama's Q/K permutation
-    needs the head counts), and they tell whether the file is the FP32 model's."""
-    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
-
-    table = cast(dict[str, dict[str, Any]], GGUF_CONFIG_MAPPING)
-    renames = table.get(_transformers_architecture(arch) or arch, {})
-    hparams: dict[str, Any] = {}
-    for key, value in header.fields.items():
-        prefix, _, rest = key.partition(".")
-        if prefix == arch and isinstance(renames.get(rest), str):
-            hparams[renames[rest]] = value
-    return hparams
-
-
-def _weights_map(model: nn.Module, processor: Any) -> dict[str, str]:
-    """GGUF tensor name -> parameter name, by transformers' ``get_gguf_hf_weights_map``.
-
-    That function walks every submodule and builds gguf's name table anew at each of them
-    (~400 tables, ~12 s for SmolLM2 on this CPU); it only needs the top level and its
-    direct children (models converted from a base model, like Bloom, have names without
-    the top-level prefix), so it is handed stand-ins that stop the walk there.
-    """
-    from transformers.modeling_gguf_pytorch_utils import get_gguf_hf_weights_map
-
-    class _Level:
-        def __init__(self, module: nn.Module, children: list[tuple[str, _Level]]) -> None:
-            self.config = getattr(module, "config", None)
-            self._keys = dict.fromkeys(module.state_dict(keep_vars=True))
-            self._children = children
-
-        def state_dict(self) -> dict[str, None]:
-            return self._keys
-
-        def named_children(self) -> list[tuple[str, _Level]]:
-            return self._children
-
-    top = _Level(model, [(n, _Level(c, [])) for n, c in model.named_children()])
-    return dict(get_gguf_hf_weights_map(top, processor))
-
-
 def _check_same_model(gguf_config: dict[str, Any], config: Any, path: str | Path) -> None:
     """Refuse a GGUF of another model before its tensors are read (one clear line, not a
     shape error deep inside the load)."""
@@ -291,7 +204,7 @@ def _read_tensors(header: GGUFHeader, path: str | Path, model: Any, processor: A
     from . import get_scheme
 
     scheme = get_scheme("weight-only-int8", group_size=Q8_0_BLOCK)
-    mapping = _weights_map(model, processor)
+    mapping = weights_map(model, processor)
     linears = {f"{n}.weight": n for n, m in model.named_modules() if type(m) is nn.Linear}
     expected = {n: tuple(t.shape) for n, t in model.state_dict(keep_vars=True).items()}
     embedding = _module_name(model, model.get_input_embeddings())
@@ -307,7 +220,7 @@ def _read_tensors(header: GGUFHeader, path: str | Path, model: Any, processor: A
     for tensor in header.tensors:
         if tensor.type_name == INT8_TYPE and len(tensor.shape) == 2:
             rows, cols = tensor.shape
-            moved = _row_order(processor, tensor.name, (rows, cols), mapping)
+            moved = row_order(processor, tensor.name, (rows, cols), mapping)
             target = mapping.get(moved[0] if moved else tensor.name)
             if target in linears:
                 if moved is None:
@@ -406,7 +319,7 @@ def load_gguf_int8(path: str | Path, fp32_model: nn.Module, *, device: str = "cp
     header = _header(path)
     _describe(header, path)
     arch = _architecture(header, path)
-    hparams = _gguf_hparams(header, arch)
+    hparams = hparams_from_header(header, arch)
     _check_same_model(hparams, getattr(fp32_model, "config", None), path)
     model = _skeleton(fp32_model, path)
     loaded = _read_tensors(
