@@ -180,6 +180,22 @@ def test_float_token_embd_leaves_lm_head_tied_and_coverage_says_so(
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
+@pytest.mark.slow
+def test_weight_only_int8_saves_and_reloads_it_unchanged(
+    gguf_int8: Any, fp32_side: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """It is a weight-only-int8 model, so that scheme's save format (and the suite's
+    round-trip and file-size checks built on it) serves it as it is."""
+    import torch
+
+    scheme = get_scheme("weight-only-int8")
+    scheme.save(gguf_int8, tmp_path / "int8")
+    reloaded = scheme.load(tmp_path / "int8")
+    ids = fp32_side[1]("The capital of France is", return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.equal(gguf_int8(**ids).logits, reloaded(**ids).logits)
+
+
 def test_describe_labels_a_q8_0_file(tmp_path: Path) -> None:
     path = write_small_gguf(tmp_path / "m.gguf", "llama", {"block_count": 1})
     assert describe_gguf(path) == ("gguf Q8_0", 8, {"Q8_0": 1})
