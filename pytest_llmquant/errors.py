@@ -18,5 +18,10 @@ class LlmqUsageError(LlmqError):
     """The user's input (option, path, model, marker argument) is wrong."""
 
 
+class LlmqSkip(LlmqError):
+    """A measurement that cannot be made for this model: the test skips with this reason
+    (and the fix), instead of measuring another model or failing."""
+
+
 class LlmqModelError(LlmqError):
     """A model could not be loaded or quantized, for a reason outside our control."""

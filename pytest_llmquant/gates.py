@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .errors import LlmqError
+from .errors import LlmqError, LlmqSkip
 from .marks import MARKERS
 from .verdicts import GateResult
 
@@ -73,6 +73,9 @@ def run_gates(
         start = time.perf_counter()
         try:
             result = MARKERS[mark.name](*mark.args, **mark.kwargs, pair=pair, session=session)
+        except LlmqSkip as exc:
+            run.skips.append(f"{mark.name} for {pair.name}: {exc}")
+            continue
         except LlmqError as exc:
             run.failures.append(f"{mark.name} could not measure {pair.name}: {exc}")
             continue

@@ -113,9 +113,9 @@ class LlmqSession:
         for s in schemes:
             checked("scheme", check_name, s)
         if settings.int8_model:
-            from .int8.checkpoint import int8_checkpoint_label
+            from .int8.checkpoint import checkpoint_origin
 
-            schemes = [checked("int8_model", int8_checkpoint_label, settings.int8_model)]
+            schemes = [checked("int8_model", checkpoint_origin, settings.int8_model).label]
         return cls(
             config=config,
             settings=settings,
@@ -271,8 +271,22 @@ class LlmqSession:
 
         key = ("memory", *pair.key, kind)
         if key not in self.measurements:
+            spec = {
+                "model": pair.model_id,
+                "cache_dir": self.settings.cache_dir,
+                "dtype": self.settings.reference_dtype,
+                "device": self.settings.device,
+                "threads": self.settings.threads,
+                "trust_remote_code": self.settings.trust_remote_code,
+            }
             self.measurements[key] = measure_memory(
-                pair.fp32, pair.int8, kind, spec=pair.model_id, scheme=pair.scheme
+                pair.fp32,
+                pair.int8,
+                kind,
+                spec=spec,
+                scheme=pair.scheme,
+                origin=pair.origin,
+                tokenizer=pair.tokenizer,
             )
         return self.measurements[key]
 

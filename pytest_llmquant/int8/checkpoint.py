@@ -1,76 +1,73 @@
-"""A pre-quantized INT8 model the user ships (``--llmq-int8-model``): our own save format
-(``llmq-recipe.json`` + safetensors) or a transformers checkpoint with a
-``quantization_config``. Nothing is quantized here; the checkpoint is what the gates measure.
+"""A quantized model the user ships (``--llmq-int8-model``): a directory (our save format,
+a transformers checkpoint with a ``quantization_config``, optimum-quanto's own save) or a
+llama.cpp ``Q8_0`` GGUF file. Nothing is quantized here: the files are what the gates
+measure, and what the file and peak-RSS memory gates load again.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import LlmqUsageError
-from ..layers import Coverage, coverage
-from ..loading import load_pretrained
-from ..sources import ModelSource
+from ..layers import coverage
+from .build import Int8Built
+from .origin import Int8Origin
 
 TORCH_AO_SAVE_HINT = (
     "save_pretrained cannot serialize torch.ao quantized layers (they hold packed params, not "
     "tensors), and a plain reload of such a save gives FP32 weights back; save the INT8 model with "
     "pytest_llmquant.get_scheme('dynamic-int8').save(model, dir) instead"
 )
+PICKLES = {"pytorch_model.bin", "model.pt", "quantized_model.pt"}
 
 
-def int8_checkpoint_label(path: str) -> str:
-    """The scheme name a ``--llmq-int8-model`` checkpoint was made with (for test ids)."""
-    from ..schemes.base import RECIPE_FILE, QuantScheme
-
+def checkpoint_origin(path: str) -> Int8Origin:
+    """What the checkpoint at ``path`` is, read from its metadata alone (no torch, no
+    weights): checked at start-up, so a wrong path or a float save exits 4 at once."""
     p = Path(path).expanduser()
+    if p.is_file():
+        from ..schemes.gguf_q8 import describe_gguf
+
+        label, bits, _ = describe_gguf(str(p))
+        return Int8Origin("checkpoint", label, bits, checkpoint=str(p), scheme="weight-only-int8")
     if not p.is_dir():
         raise LlmqUsageError(
-            f"--llmq-int8-model={path}: no such directory; pass a directory saved by a "
-            "pytest-llmquant scheme or a transformers quantized checkpoint"
+            f"--llmq-int8-model={path}: no such file or directory; pass a directory saved by a "
+            "pytest-llmquant scheme or a transformers quantized checkpoint, or a Q8_0 .gguf file"
         )
-    if (p / RECIPE_FILE).exists():
-        return str(QuantScheme.read_recipe(p)["scheme"])
-    try:
-        config = json.loads((p / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        config = {}
-    quant = config.get("quantization_config") or {}
-    if quant:
-        return str(quant.get("quant_method", "pretrained-int8"))
-    names = {f.name for f in p.iterdir()}
-    if names & {"pytorch_model.bin", "model.pt", "quantized_model.pt"}:
+    from ..user_int8.detect import describe_checkpoint
+
+    desc = describe_checkpoint(p)
+    if not desc.is_quantized:
+        if {f.name for f in p.iterdir()} & PICKLES:
+            raise LlmqUsageError(
+                f"--llmq-int8-model={path} holds a pickle, not an INT8 checkpoint: "
+                f"{TORCH_AO_SAVE_HINT}"
+            )
         raise LlmqUsageError(
-            f"--llmq-int8-model={path} holds a pickle, not an INT8 checkpoint: {TORCH_AO_SAVE_HINT}"
+            f"--llmq-int8-model={path} is not quantized (no llmq-recipe.json, no "
+            f"quantization_config in config.json): {TORCH_AO_SAVE_HINT}"
         )
-    raise LlmqUsageError(
-        f"--llmq-int8-model={path} is not quantized (no llmq-recipe.json, no quantization_config "
-        f"in config.json): {TORCH_AO_SAVE_HINT}"
-    )
+    return Int8Origin("checkpoint", desc.label, desc.bits, checkpoint=str(p), scheme=desc.scheme)
 
 
-def load_int8_checkpoint(
-    path: str, fp32_model: Any, *, device: str = "cpu"
-) -> tuple[Any, Coverage]:
-    """Load a pre-quantized INT8 model: ours (recipe + safetensors) or a transformers-format
-    quantized checkpoint (torchao / quanto) that ``from_pretrained`` can load."""
-    from ..schemes import get_scheme
-    from ..schemes.base import RECIPE_FILE, QuantScheme
+def load_int8_checkpoint(path: str, fp32_model: Any, *, device: str = "cpu") -> Int8Built:
+    """Load the checkpoint as its maker loads it; a GGUF's Q8_0 blocks go losslessly into
+    the ``weight-only-int8`` layer (same layout), so no requantizing happens."""
+    origin = checkpoint_origin(path)
+    if Path(path).expanduser().is_file():
+        from ..schemes.gguf_q8 import load_gguf_int8
 
-    p = Path(path).expanduser()
-    label = int8_checkpoint_label(path)
-    if (p / RECIPE_FILE).exists():
-        model = get_scheme(QuantScheme.read_recipe(p)["scheme"]).load(p, device=device)
+        model = load_gguf_int8(path, fp32_model, device=device)
     else:
-        source = ModelSource(path, "dir", p.name, str(p))
-        model, _ = load_pretrained(str(p), source, trust_remote_code=False)
-        model = model.to(device).eval()
+        from ..user_int8.probe import load_saved_int8
+
+        model = load_saved_int8(path, device=device)
     cov = coverage(fp32_model, model)
     if not cov.quantized:
         raise LlmqUsageError(
-            f"--llmq-int8-model={path} ({label}) has none of the FP32 model's {cov.total} linear "
-            "layers quantized; is it the INT8 copy of --llmq-model?"
+            f"--llmq-int8-model={path} ({origin.label}) has none of the FP32 model's "
+            f"{cov.total} linear layers quantized; is it the INT8 copy of --llmq-model?"
         )
-    return model, cov
+    return Int8Built(model, cov, origin)

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LlmqUsageError
 from .files import file_bytes, file_kept_float
@@ -31,6 +31,9 @@ from .rss import (
     peak_rss,
     probe,
 )
+
+if TYPE_CHECKING:
+    from ..int8.origin import Int8Origin
 from .weights import (
     FLOAT_BIAS,
     FLOAT_EMBED,
@@ -110,17 +113,21 @@ def measure_memory(
     spec: dict[str, Any] | str | None = None,
     scheme: str | None = None,
     save: Callable[[Any, Path], None] | None = None,
+    origin: Int8Origin | None = None,
+    tokenizer: Any = None,
 ) -> MemoryResult:
-    """Compare the memory of the FP32 and INT8 models; ``kind`` is one of :data:`KINDS`.
+    """Compare the memory of the reference and INT8 models; ``kind`` is one of :data:`KINDS`.
 
     - ``weights``: :func:`weights_bytes` of both models (in this process).
-    - ``file``: :func:`file_bytes` after saving both to temporary directories. The INT8
-      model is saved with ``save(model, dir)`` if given, else with ``scheme``'s
-      ``save``; one of them is required.
-    - ``peak_rss``: fresh processes load ``spec`` (FP32, and FP32 then INT8 with
-      ``scheme``) and generate 8 tokens; the models passed in are not used. Compares
-      the peak RSS after loading (the FP32 source of the INT8 copy freed, the high-water
-      mark reset) while generating, each minus a process that only imports the
+    - ``file``: :func:`file_bytes` of the reference's ``save_pretrained`` against the INT8
+      model saved the way its maker saves it: with ``origin`` (where it came from: see
+      :mod:`pytest_llmquant.int8.on_disk`; a model with no safe save skips), else with
+      ``save(model, dir)`` or ``scheme``'s save.
+    - ``peak_rss``: fresh processes, one at a time, load ``spec`` (the reference) and the
+      same INT8 model (``origin``: the user's files, else ``scheme`` rebuilt from the
+      reference) and generate 8 tokens; the models passed in are not used otherwise.
+      Compares the peak RSS while generating (the reference an INT8 copy was built from
+      freed, the high-water mark reset), each minus a process that only imports the
       libraries. The whole-life peaks, which include loading, are in ``details``.
     """
     if kind not in KINDS:
@@ -144,44 +151,66 @@ def measure_memory(
             {"int8_breakdown": parts, "fp32_breakdown": weights_breakdown(fp32_model)},
         )
     if kind == "file":
-        if save is None and scheme is None:
-            raise LlmqUsageError(
-                "memory kind 'file' needs scheme= (a --llmq-scheme name) or "
-                "save=callable(model, dir) to save the INT8 model"
-            )
-        if save is None:
-            from ..schemes import get_scheme
-
-            save = get_scheme(str(scheme)).save
-        with tempfile.TemporaryDirectory(prefix="llmq-mem-") as tmp:
-            fp32_dir, int8_dir = Path(tmp, "fp32"), Path(tmp, "int8")
-            fp32_dir.mkdir()
-            int8_dir.mkdir()
-            _save_fp32(fp32_model, fp32_dir)
-            save(int8_model, int8_dir)
-            fp32, int8 = file_bytes(fp32_dir), file_bytes(int8_dir)
-            kept = file_kept_float(int8_dir, int8_model)
-            files = {
-                "fp32": sorted(p.name for p in fp32_dir.iterdir()),
-                "int8": sorted(p.name for p in int8_dir.iterdir()),
-            }
-        note = (
-            "saved size: FP32 save_pretrained(safetensors) vs the scheme's INT8 "
-            "safetensors + recipe; config files on both sides"
-        )
-        return MemoryResult(kind, fp32, int8, _ratio(fp32, int8), kept, note, {"files": files})
+        return _file_sizes(fp32_model, int8_model, scheme, save, origin)
     if spec is None:
         raise LlmqUsageError(
             "memory kind 'peak_rss' needs spec= (the --llmq-model value) so "
             "fresh processes can load the model"
         )
-    fp32, int8, details = measure_rss(spec, scheme)
+    with tempfile.TemporaryDirectory(prefix="llmq-rss-") as tmp:
+        if origin is not None:
+            from ..int8.on_disk import probe_args
+
+            int8_args = probe_args(int8_model, tokenizer, origin, Path(tmp))
+        else:
+            int8_args = {"scheme": scheme}
+        fp32, int8, details = measure_rss(spec, int8_args)
     probes = details["probes"]
+    made = "built from the reference in-process" if "scheme" in int8_args else "loaded as saved"
     note = (
         f"peak RSS while generating 8 tokens in a fresh process, minus "
         f"{details['baseline_bytes'] / 1e6:.0f} MB for python+torch+transformers "
-        f"(phase {details['phase']}); whole-life peaks incl. loading: FP32 "
+        f"(phase {details['phase']}); whole-life peaks incl. loading: reference "
         f"{probes['fp32']['peak_bytes'] / 1e6:.0f} MB, INT8 "
-        f"{probes['int8']['peak_bytes'] / 1e6:.0f} MB (built from FP32 in-process)"
+        f"{probes['int8']['peak_bytes'] / 1e6:.0f} MB ({made})"
     )
     return MemoryResult(kind, fp32, int8, _ratio(fp32, int8), None, note, details)
+
+
+def _file_sizes(
+    fp32_model: Any,
+    int8_model: Any,
+    scheme: str | None,
+    save: Callable[[Any, Path], None] | None,
+    origin: Int8Origin | None,
+) -> MemoryResult:
+    if save is None and scheme is None and origin is None:
+        raise LlmqUsageError(
+            "memory kind 'file' needs scheme= (a --llmq-scheme name), origin= or "
+            "save=callable(model, dir) to save the INT8 model"
+        )
+    with tempfile.TemporaryDirectory(prefix="llmq-mem-") as tmp:
+        fp32_dir, int8_dir = Path(tmp, "fp32"), Path(tmp, "int8")
+        fp32_dir.mkdir()
+        _save_fp32(fp32_model, fp32_dir)
+        fp32 = file_bytes(fp32_dir)
+        if origin is not None and save is None:
+            from ..int8.on_disk import save as save_as_maker
+
+            saved = save_as_maker(int8_model, origin, int8_dir)
+            int8, how, where = saved.bytes, saved.how, saved.directory
+        else:
+            int8_dir.mkdir()
+            if save is None:
+                from ..schemes import get_scheme
+
+                save = get_scheme(str(scheme)).save
+            save(int8_model, int8_dir)
+            int8, how, where = file_bytes(int8_dir), "the scheme's save", int8_dir
+        kept = file_kept_float(where, int8_model) if where.is_dir() else {}
+        files = {
+            "fp32": sorted(p.name for p in fp32_dir.iterdir()),
+            "int8": sorted(p.name for p in where.iterdir()) if where.is_dir() else [where.name],
+        }
+    note = f"saved size: reference save_pretrained(safetensors) vs INT8 saved with {how}"
+    return MemoryResult("file", fp32, int8, _ratio(fp32, int8), kept, note, {"files": files})

@@ -130,21 +130,28 @@ def baseline_rss(
     return int(probe(spec, "baseline", timeout=timeout)["peak_bytes"])
 
 
-def measure_rss(spec: dict[str, Any] | str, scheme: str | None) -> tuple[int, int, dict[str, Any]]:
-    """(FP32, INT8, details): serve-phase peaks minus the baseline, three probes at once."""
+def measure_rss(
+    spec: dict[str, Any] | str, int8_probe: dict[str, Any] | str | None
+) -> tuple[int, int, dict[str, Any]]:
+    """(reference, INT8, details): serve-phase peaks minus the baseline.
+
+    ``int8_probe`` is the INT8 probe's own arguments (``{"scheme": ...}``, a saved directory or
+    a GGUF; see :mod:`..int8.on_disk`), or a scheme name. The three probes run one after
+    another: side by side they would each be fine on their own RSS, but together they can
+    hold three models at once, which a machine sized for one model does not have.
+    """
     base_args = _probe_args(spec)
-    if scheme is not None:
-        base_args["scheme"] = scheme
-    runs = {mode: {**base_args, "mode": mode} for mode in ("baseline", "fp32", "int8")}
-    # concurrently: each probe is its own process, so its RSS is its own; this only saves time
-    procs = {mode: _start_probe(a) for mode, a in runs.items()}
-    try:
-        reports = {mode: _finish_probe(p, runs[mode], PROBE_TIMEOUT_S) for mode, p in procs.items()}
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
+    extra = (
+        {"scheme": int8_probe}
+        if isinstance(int8_probe, str) or int8_probe is None
+        else dict(int8_probe)
+    )
+    runs = {
+        "baseline": {**base_args, "mode": "baseline"},
+        "fp32": {**base_args, "mode": "fp32"},
+        "int8": {**base_args, **{k: v for k, v in extra.items() if v is not None}, "mode": "int8"},
+    }
+    reports = {mode: _finish_probe(_start_probe(a), a, PROBE_TIMEOUT_S) for mode, a in runs.items()}
     base = int(reports["baseline"]["peak_bytes"])
     phase = (
         "serve" if all(reports[m].get("serve_peak_bytes") for m in ("fp32", "int8")) else "total"

@@ -108,32 +108,51 @@ def _baseline(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _model(args: dict[str, Any], mode: str) -> tuple[Any, Any, dict[str, Any]]:
-    from ..int8.build import build_int8
-    from ..loading import load_fp32
+    """The model this probe measures: the reference, or the INT8 model as the user gets it
+    (their saved directory loaded as its maker loads it, a Q8_0 GGUF, or our scheme built
+    from the reference, which is then freed)."""
     from ..schemes import kernels
 
     kernels.set_cache_dir(args.get("cache_dir"))  # the parent's kernel, not a second build
-
     device = str(args.get("device", "cpu"))
+    extra: dict[str, Any] = {}
+    if mode == "int8" and args.get("int8_dir"):  # no reference in this process at all
+        from transformers import AutoTokenizer
+
+        from ..user_int8.probe import load_saved_int8
+
+        tokenizer = AutoTokenizer.from_pretrained(str(args["tokenizer_dir"]))
+        model = load_saved_int8(str(args["int8_dir"]), args.get("int8_loader"), device=device)
+        extra["int8_dir"] = str(args["int8_dir"])
+        return model, tokenizer, extra
+    from ..loading import load_fp32
+
     model, tokenizer = load_fp32(
         str(args["model"]),
         cache_dir=args.get("cache_dir"),
         device=device,
         trust_remote_code=bool(args.get("trust_remote_code", False)),
+        dtype=str(args.get("dtype", "float32")),
     )
-    extra: dict[str, Any] = {}
-    if mode == "int8":
+    if mode != "int8":
+        return model, tokenizer, extra
+    extra["fp32_loaded_bytes"] = rss_bytes()
+    if args.get("int8_gguf"):
+        from ..schemes.gguf_q8 import load_gguf_int8
+
+        int8_model = load_gguf_int8(str(args["int8_gguf"]), model, device=device)
+        extra["int8_gguf"] = str(args["int8_gguf"])
+    else:
+        from ..int8.build import build_int8
         from ..schemes import DEFAULT_SCHEME
 
         scheme = str(args.get("scheme") or DEFAULT_SCHEME)
-        extra["fp32_loaded_bytes"] = rss_bytes()
         int8_model, coverage = build_int8(model, scheme, device=device)
         extra["scheme"] = scheme
         extra["coverage"] = str(coverage)
-        del model
-        gc.collect()
-        model = int8_model
-    return model, tokenizer, extra
+    del model
+    gc.collect()
+    return int8_model, tokenizer, extra
 
 
 def run(args: dict[str, Any]) -> dict[str, Any]:
