@@ -96,8 +96,8 @@ def outcome(run: GateRun) -> None:
     """Turn a gate run into the test's outcome: fail, skip, or return (passed)."""
     if run.failures:
         pytest.fail("\n\n".join(run.failures), pytrace=False)
-    if run.skips:
-        pytest.skip(run.skips[0])
+    if run.skips:  # reported at the test, not at this line
+        raise pytest.skip.Exception(run.skips[0], _use_item_location=True)
 
 
 def properties(result: GateResult) -> list[tuple[str, Any]]:

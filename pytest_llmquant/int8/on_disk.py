@@ -49,7 +49,7 @@ def save(model: Any, origin: Int8Origin, directory: Path) -> SavedInt8:
 
     outcome = save_int8(model, directory, origin=checkpoint)
     if isinstance(outcome, str):
-        raise LlmqSkip(f"{origin.label} ({origin.made_by}) cannot be saved safely: {outcome}")
+        raise LlmqSkip(f"{origin.label} from the {origin.made_by}: {outcome}")
     return SavedInt8(Path(outcome.directory), outcome.bytes, outcome.how)
 
 
