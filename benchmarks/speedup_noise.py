@@ -8,16 +8,17 @@ Measures, on a real model, the two error rates that matter for ``quant_speedup``
   ``fail`` is a correct detection (target: all of them).
 
 The true speedup is first measured in a long run without the competing load
-(``--true-pairs`` pairs, or given with ``--true-speedup``). The gate runs then
-happen while a helper process keeps ``--busy`` cores at 100% with a Python busy
+(``--true-pairs`` decode-step pairs, or given with ``--true-speedup``). The gate runs
+then happen while a helper process keeps ``--busy`` cores at 100% with a Python busy
 loop, the two thresholds alternating run by run so that any drift of the machine
-hits both alike.
+hits both alike. Every gate run uses the gate's defaults (single decode steps,
+Hodges-Lehmann / signed-rank interval, ``--budget`` seconds) unless told otherwise.
 
 Example (the full benchmark: run it on an otherwise quiet machine)::
 
-    python benchmarks/speedup_noise.py --runs 20 --budget 20 --out speedup-noise.json
+    python benchmarks/speedup_noise.py --runs 50 --threads 1 --out speedup-noise.json
 
-Smoke test: ``python benchmarks/speedup_noise.py --runs 2 --budget 5``.
+Smoke test: ``python benchmarks/speedup_noise.py --runs 2 --threads 1``.
 """
 
 from __future__ import annotations
@@ -118,24 +119,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "model",
         nargs="?",
-        default="/tmp/smollm2-fp32",
-        help="float32 model directory (save_pretrained); default %(default)s",
+        default="smollm2-135m",
+        help="an --llmq-model value: alias, hub id or model directory; default %(default)s",
     )
     ap.add_argument(
         "--scheme", default="weight-only-int8", help="INT8 scheme (default %(default)s)"
     )
-    ap.add_argument("--runs", type=int, default=20, help="gate runs per threshold (default 20)")
+    ap.add_argument("--runs", type=int, default=50, help="gate runs per threshold (default 50)")
     ap.add_argument(
         "--budget",
         type=float,
-        default=20.0,
-        help="time budget of each gate run, seconds (default 20)",
+        default=None,
+        help="time budget of each gate run, seconds (default: the gate's default)",
     )
     ap.add_argument(
         "--true-pairs",
         type=int,
-        default=30,
-        help="pairs of the quiet reference measurement (default 30)",
+        default=300,
+        help="decode-step pairs of the quiet reference measurement (default 300)",
     )
     ap.add_argument(
         "--true-speedup",
@@ -150,7 +151,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="torch threads (default: all cores this process may use)",
     )
-    ap.add_argument("--new-tokens", type=int, default=32, help="tokens per generation")
+    ap.add_argument(
+        "--new-tokens",
+        type=int,
+        default=32,
+        help="decode steps per prompt before the next prompt is prefilled (default 32)",
+    )
     ap.add_argument(
         "--confidence",
         type=float,
@@ -164,28 +170,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import copy
+    import inspect
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from pytest_llmquant.errors import LlmqError
+    from pytest_llmquant.loading import load_fp32
     from pytest_llmquant.schemes import get_scheme
     from pytest_llmquant.stats import DEFAULT_CONFIDENCE
     from pytest_llmquant.timing import format_speedup, measure_speedup
 
-    if not Path(args.model).is_dir():
-        print(
-            f"error: no model directory at {args.model}: pass the path of a float32 "
-            "SmolLM2-135M saved with save_pretrained",
-            file=sys.stderr,
-        )
-        return 2
     confidence = args.confidence if args.confidence is not None else DEFAULT_CONFIDENCE
+    budget = args.budget
+    if budget is None:
+        budget = inspect.signature(measure_speedup).parameters["time_budget"].default
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    fp32 = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    try:
+        fp32, tokenizer = load_fp32(args.model)
+    except LlmqError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     int8 = get_scheme(args.scheme).quantize(copy.deepcopy(fp32)).eval()
     log(f"loaded {args.model} and built {args.scheme} in {time.perf_counter() - t0:.1f} s")
 
@@ -234,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                     int8,
                     tokenizer,
                     threshold=thresholds[factor],
-                    time_budget=args.budget,
+                    time_budget=budget,
                     **common,
                 )
                 row = {"factor": factor, "run": i, **r.as_dict()}
@@ -253,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": str(args.model),
             "scheme": args.scheme,
             "runs_per_threshold": args.runs,
-            "budget_s": args.budget,
+            "budget_s": budget,
             "busy_cores": args.busy,
             "confidence": confidence,
             "new_tokens": args.new_tokens,

@@ -1,22 +1,28 @@
-"""Measuring generation speed of FP32 vs INT8 for the speedup gate.
+"""Measuring decode speed of FP32 vs INT8 for the speedup gate.
 
 How a measurement is taken, and why:
 
-* Both models generate exactly ``new_tokens`` tokens (``min_new_tokens`` equal to
-  ``max_new_tokens``, greedy), so an early EOS can never make one model look fast.
-  The output length is checked.
-* ``warmup`` runs of each model come first and are thrown away: the first calls
+* The timed unit is one greedy decode step from a KV cache
+  (:mod:`pytest_llmquant.decode_steps`): each model prefills the same prompt into its
+  own cache (untimed), then both take the same steps at the same cache lengths, and
+  after ``new_tokens`` steps the next prompt starts in a fresh cache. A step is the
+  work generation repeats per token, and there are dozens of them per second where a
+  whole generation takes seconds: the gate gets many pairs from a short budget.
+* ``warmup`` steps of each model come first and are thrown away: the first calls
   allocate buffers, pick kernels and fault weights into memory.
-* Runs are *paired* and interleaved, alternating the order (AB, BA, AB, ...), so
+* Steps are *paired* and interleaved, alternating the order (AB, BA, AB, ...), so
   that whatever the machine does (a neighbour job, frequency scaling, the second
-  run of a pair profiting from a warm cache) hits both models alike; the decision
+  step of a pair profiting from a warm cache) hits both models alike; the decision
   uses the ratio within each pair (:mod:`pytest_llmquant.stats`).
-* Sampling is adaptive: after ``min_pairs`` pairs the gate decides after every
-  pair and stops as soon as the confidence interval is clear of the threshold, so
-  a clear case costs a few seconds, and only a borderline case spends the whole
-  ``time_budget`` (then it decides on the point estimate and says it was close).
+* Sampling is adaptive: from ``min_pairs`` pairs on the gate looks at the interval
+  each time the sample has grown by a quarter (:data:`LOOK_GROWTH`) and stops as soon
+  as it is clear of the threshold, so a clear case costs a second or two, and only a
+  borderline case spends the whole ``time_budget`` (then it decides on the point
+  estimate and says it was close). Fewer looks than pairs keep the error rate of
+  looking again and again (sequential testing) down at no cost in speed.
 * ``torch.set_num_threads`` is fixed for the measurement and restored afterwards,
-  because the thread count changes both speeds and the ratio between them.
+  because the thread count changes both speeds and the ratio between them, and
+  everything runs under ``torch.inference_mode``.
 
 ``runner`` and ``clock`` can be injected so that the sampling logic is tested
 with synthetic timings instead of a real model and a real clock.
@@ -27,11 +33,18 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .stats import DEFAULT_CONFIDENCE, Decision, Verdict, decide, pairs_for_an_interval
+from .stats import (
+    DEFAULT_CONFIDENCE,
+    LOOK_GROWTH,
+    Decision,
+    Verdict,
+    decide,
+    pairs_for_an_interval,
+)
 
 #: used when :mod:`pytest_llmquant.evaltext` does not provide ``EVAL_PROMPTS``
 FALLBACK_PROMPTS: tuple[str, ...] = (
@@ -41,7 +54,12 @@ FALLBACK_PROMPTS: tuple[str, ...] = (
     "Once upon a time, in a small village,",
 )
 
-Runner = Callable[[Any, Any], float]
+#: the progress callback hears from the gate at most this often (seconds)
+PROGRESS_EVERY_S = 1.0
+
+#: ``runner(model, prompt_index, step) -> seconds`` of one decode step; step 0 of a
+#: prompt comes after a fresh (untimed) prefill of that prompt
+Runner = Callable[[Any, int, int], float]
 
 
 def default_prompts() -> tuple[str, ...]:
@@ -59,7 +77,7 @@ class SpeedupResult:
     """Everything the speedup gate measured and decided, for messages and reports."""
 
     verdict: Verdict
-    speedup: float  # median per-pair FP32/INT8 time ratio
+    speedup: float  # Hodges-Lehmann estimate of the per-step FP32/INT8 time ratio
     ci_low: float
     ci_high: float
     confidence: float
@@ -67,17 +85,19 @@ class SpeedupResult:
     rule: str
     threshold: float
     n_pairs: int
-    fp32_ms_per_token: float  # medians
+    fp32_ms_per_token: float  # median decode step (prefill excluded)
     int8_ms_per_token: float
     fp32_tokens_per_s: float
     int8_tokens_per_s: float
     threads: int
-    new_tokens: int
+    new_tokens: int  # decode steps per prompt before the next prompt is prefilled
     prompts: int  # number of distinct prompts cycled through
     wall_s: float  # whole measurement, warm-up included
     time_budget: float = math.inf  # seconds allowed for the timed pairs
     stopped: str = "decided"  # why sampling stopped: "decided", "budget" or "max_pairs"
-    fp32_samples: list[float] = field(default_factory=list, repr=False)  # s/token per pair
+    warmup: int = 0  # untimed decode steps per model before the first pair
+    unit: str = "decode step"  # what one sample times
+    fp32_samples: list[float] = field(default_factory=list, repr=False)  # s per step, per pair
     int8_samples: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -93,64 +113,42 @@ class SpeedupResult:
         return out
 
 
-def _pad_token_id(tokenizer: Any) -> Any:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    return pad if pad is not None else getattr(tokenizer, "eos_token_id", None)
+def _encode(tokenizer: Any, prompt: str, models: Sequence[Any], new_tokens: int) -> Any:
+    """Tokenize ``prompt`` on the models' device, cut to leave room for ``new_tokens``."""
+    from .context import fit_to_context
 
-
-def _encode(tokenizer: Any, prompt: str, device: Any) -> Any:
-    inputs = tokenizer(prompt, return_tensors="pt")
-    if device is not None and hasattr(inputs, "items"):
+    inputs = dict(tokenizer(prompt, return_tensors="pt"))
+    device = getattr(models[0], "device", None)
+    if device is not None:
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+    for model in models:
+        inputs = fit_to_context(inputs, model, new_tokens)
     return inputs
 
 
-def _sync(device: Any) -> None:
-    if getattr(device, "type", None) == "cuda":
-        import torch
-
-        torch.cuda.synchronize(device)
-
-
-def time_generation(
-    model: Any,
-    inputs: Mapping[str, Any],
-    *,
-    new_tokens: int,
-    pad_token_id: Any = None,
-    clock: Callable[[], float] = time.perf_counter,
-) -> float:
-    """Seconds for one greedy generation of exactly ``new_tokens`` tokens.
-
-    Raises :class:`~pytest_llmquant.errors.LlmqModelError` when the model returns
-    another number of tokens: a timing of a shorter generation would be a lie.
-    """
-    import torch
-
-    from .errors import LlmqModelError
-
-    device = getattr(model, "device", None)
-    prompt_len = int(inputs["input_ids"].shape[-1])
-    with torch.inference_mode():
-        _sync(device)
-        start = clock()
-        out = model.generate(
-            **inputs,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=pad_token_id,
+def _check_arguments(
+    threshold: float, new_tokens: int, warmup: int, min_pairs: int, max_pairs: int, budget: float
+) -> None:
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold must be a positive finite speedup factor, got {threshold!r}")
+    if new_tokens < 1 or warmup < 0 or min_pairs < 1 or max_pairs < min_pairs:
+        raise ValueError(
+            f"need new_tokens >= 1, warmup >= 0 and 1 <= min_pairs <= max_pairs; got "
+            f"new_tokens={new_tokens}, warmup={warmup}, min_pairs={min_pairs}, "
+            f"max_pairs={max_pairs}"
         )
-        _sync(device)
-        elapsed = clock() - start
-    got = int(out.shape[-1])
-    if got != prompt_len + new_tokens:
-        raise LlmqModelError(
-            f"{type(model).__name__}.generate returned {got} tokens for a {prompt_len}-token "
-            f"prompt and {new_tokens} new tokens (expected {prompt_len + new_tokens}); "
-            "the speed of an incomplete generation cannot be compared"
-        )
-    return elapsed
+    if not budget > 0:
+        raise ValueError(f"time_budget must be positive seconds, got {budget!r}")
+
+
+def _progress_line(decision: Decision | None, n: int, elapsed: float, threshold: float) -> str:
+    head = f"quant_speedup: {n} pairs in {elapsed:.1f} s"
+    if decision is None or not math.isfinite(decision.ci_high):
+        return f"{head}, no interval yet (threshold {threshold:.3g}x)"
+    return (
+        f"{head}, INT8 {decision.speedup:.2f}x ({decision.confidence * 100:g}% CI "
+        f"{decision.ci_low:.2f}\u2013{decision.ci_high:.2f}) vs threshold {threshold:.3g}x"
+    )
 
 
 def measure_speedup(
@@ -162,41 +160,37 @@ def measure_speedup(
     prompts: Sequence[str] | None = None,
     new_tokens: int = 32,
     threads: int | None = None,
-    time_budget: float = 20.0,
-    warmup: int = 1,
+    time_budget: float = 5.0,
+    warmup: int = 4,
     min_pairs: int | None = None,
-    max_pairs: int = 200,
+    max_pairs: int = 1000,
     confidence: float = DEFAULT_CONFIDENCE,
     clock: Callable[[], float] = time.perf_counter,
     runner: Runner | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> SpeedupResult:
-    """Time FP32 and INT8 generation in interleaved pairs until the gate can decide.
+    """Time FP32 and INT8 decode steps in interleaved pairs until the gate can decide.
 
-    ``threshold`` is the speedup INT8 must reach (FP32 time / INT8 time).
-    ``time_budget`` counts the timed pairs only (warm-up excluded); a pair that
-    would end past the budget is not started, except that ``min_pairs`` pairs are
-    always taken. ``min_pairs`` defaults to the fewest pairs that can give an interval at
-    ``confidence`` (:func:`~pytest_llmquant.stats.pairs_for_an_interval`, 8 at 99%):
-    stopping earlier could only ever decide on the point estimate. ``runner(model,
-    inputs) -> seconds`` replaces the real timed generation (tests); by default
-    :func:`time_generation` with ``clock``.
+    ``threshold`` is the speedup INT8 must reach (FP32 time / INT8 time per step).
+    ``new_tokens`` decode steps are taken per prompt (the steps of a ``new_tokens``-token
+    greedy generation) before the next prompt is prefilled. ``time_budget`` counts the
+    timed pairs only (warm-up excluded); a pair that would end past the budget is not
+    started, except that ``min_pairs`` pairs are always taken. ``min_pairs`` defaults
+    to the fewest pairs that can give an interval at ``confidence``
+    (:func:`~pytest_llmquant.stats.pairs_for_an_interval`, 8 at 99%): stopping earlier
+    could only ever decide on the point estimate. ``warmup`` is in steps per model.
+    ``runner(model, prompt_index, step) -> seconds`` replaces the real timed decode
+    step (tests). ``progress`` hears a one-line status at most every
+    :data:`PROGRESS_EVERY_S` seconds of a measurement that is still going.
     """
     import torch
 
+    from .decode_steps import DecodeStream
     from .settings import default_threads
 
-    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold must be a positive finite speedup factor, got {threshold!r}")
     if min_pairs is None:
         min_pairs = pairs_for_an_interval(confidence)
-    if new_tokens < 1 or warmup < 0 or min_pairs < 1 or max_pairs < min_pairs:
-        raise ValueError(
-            f"need new_tokens >= 1, warmup >= 0 and 1 <= min_pairs <= max_pairs; got "
-            f"new_tokens={new_tokens}, warmup={warmup}, min_pairs={min_pairs}, "
-            f"max_pairs={max_pairs}"
-        )
-    if not time_budget > 0:
-        raise ValueError(f"time_budget must be positive seconds, got {time_budget!r}")
+    _check_arguments(threshold, new_tokens, warmup, min_pairs, max_pairs, time_budget)
     prompt_list = tuple(prompts) if prompts is not None else default_prompts()
     if not prompt_list:
         raise ValueError("prompts must not be empty")
@@ -204,57 +198,82 @@ def measure_speedup(
     if n_threads < 1:
         raise ValueError(f"threads must be >= 1, got {n_threads}")
 
-    pad = _pad_token_id(tokenizer)
+    models = {"fp32": fp32_model, "int8": int8_model}
+    if runner is not None:
+        injected = runner
 
-    def timed_generation(model: Any, inputs: Any) -> float:
-        return time_generation(model, inputs, new_tokens=new_tokens, pad_token_id=pad, clock=clock)
+        def time_step(role: str, prompt: int, step: int) -> float:
+            return injected(models[role], prompt, step)
 
-    run: Runner = runner if runner is not None else timed_generation
+    else:
+        pair = (fp32_model, int8_model)
+        encoded = [_encode(tokenizer, p, pair, new_tokens) for p in prompt_list]
+        streams = {
+            role: DecodeStream(m, encoded, steps_per_prompt=new_tokens, clock=clock)
+            for role, m in models.items()
+        }
 
-    device = getattr(fp32_model, "device", None)
-    encoded = [_encode(tokenizer, p, device) for p in prompt_list]
+        def time_step(role: str, prompt: int, step: int) -> float:
+            return streams[role].step(prompt, step)
+
+    def position(i: int) -> tuple[int, int]:  # the i-th step of the run: (prompt, step)
+        return (i // new_tokens) % len(prompt_list), i % new_tokens
+
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     try:
-        start = clock()
-        for i in range(warmup):
-            run(fp32_model, encoded[i % len(encoded)])
-            run(int8_model, encoded[i % len(encoded)])
-        sampling_start = clock()
+        with torch.inference_mode():
+            start = clock()
+            for i in range(warmup):
+                time_step("fp32", *position(i))
+                time_step("int8", *position(i))
+            sampling_start = last_progress = clock()
 
-        fp32: list[float] = []
-        int8: list[float] = []
-        pair_s: list[float] = []
-        decision: Decision | None = None
-        stopped = "decided"
-        while True:
-            i = len(fp32)
-            inputs = encoded[i % len(encoded)]
-            pair_start = clock()
-            if i % 2 == 0:  # AB
-                a = run(fp32_model, inputs)
-                b = run(int8_model, inputs)
-            else:  # BA
-                b = run(int8_model, inputs)
-                a = run(fp32_model, inputs)
-            now = clock()
-            pair_s.append(now - pair_start)
-            fp32.append(a / new_tokens)
-            int8.append(b / new_tokens)
-            n = len(fp32)
-            if n < min_pairs:
-                continue
-            decision = decide(fp32, int8, threshold, confidence=confidence, min_pairs=min_pairs)
-            if decision.verdict != "undecided":
-                break
-            out_of_time = now - sampling_start + statistics.median(pair_s) > time_budget
-            if out_of_time or n >= max_pairs:
-                stopped = "budget" if out_of_time else "max_pairs"
-                decision = decide(
-                    fp32, int8, threshold, confidence=confidence, final=True, min_pairs=min_pairs
-                )
-                break
-        wall = clock() - start
+            fp32: list[float] = []
+            int8: list[float] = []
+            pair_s: list[float] = []
+            decision: Decision | None = None
+            next_look = min_pairs
+            stopped = "decided"
+            while True:
+                i = len(fp32)
+                where = position(warmup + i)
+                pair_start = clock()
+                if i % 2 == 0:  # AB
+                    a = time_step("fp32", *where)
+                    b = time_step("int8", *where)
+                else:  # BA
+                    b = time_step("int8", *where)
+                    a = time_step("fp32", *where)
+                now = clock()
+                pair_s.append(now - pair_start)
+                fp32.append(a)
+                int8.append(b)
+                n = len(fp32)
+                out_of_time = now - sampling_start + statistics.median(pair_s) > time_budget
+                last = n >= min_pairs and (out_of_time or n >= max_pairs)
+                if n >= next_look or last:
+                    next_look = max(n + 1, math.ceil(n * LOOK_GROWTH))
+                    decision = decide(
+                        fp32, int8, threshold, confidence=confidence, min_pairs=min_pairs
+                    )
+                    if decision.verdict != "undecided":
+                        break
+                if last:
+                    stopped = "budget" if out_of_time else "max_pairs"
+                    decision = decide(
+                        fp32,
+                        int8,
+                        threshold,
+                        confidence=confidence,
+                        final=True,
+                        min_pairs=min_pairs,
+                    )
+                    break
+                if progress is not None and now - last_progress >= PROGRESS_EVERY_S:
+                    last_progress = now
+                    progress(_progress_line(decision, n, now - sampling_start, threshold))
+            wall = clock() - start
     finally:
         torch.set_num_threads(saved_threads)
     assert decision is not None  # the loop only ends after a decision
@@ -281,6 +300,7 @@ def measure_speedup(
         wall_s=wall,
         time_budget=float(time_budget),
         stopped=stopped,
+        warmup=warmup,
         fp32_samples=fp32,
         int8_samples=int8,
     )
@@ -298,7 +318,7 @@ def format_speedup(result: SpeedupResult) -> str:
     else:
         head = f"INT8 at {result.speedup:.2f}x the speed of FP32"
     line = (
-        f"{head} ({ci}, {result.n_pairs} pairs, "
+        f"{head} ({ci}, {result.n_pairs} decode-step pairs, "
         f"{result.threads} thread{'s' if result.threads != 1 else ''}): "
         f"{result.fp32_ms_per_token:.1f} \u2192 {result.int8_ms_per_token:.1f} ms/token"
     )
