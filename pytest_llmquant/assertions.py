@@ -62,7 +62,7 @@ def assert_speedup(
     *,
     new_tokens: int = 32,
     threads: int | None = None,
-    time_budget: float = 20.0,
+    time_budget: float = 5.0,
     name: str = "INT8 model",
 ) -> Any:
     """Fail unless INT8 generation is at least ``min_speedup`` times faster (interleaved, with a CI)."""

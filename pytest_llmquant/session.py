@@ -263,6 +263,7 @@ class LlmqSession:
                 new_tokens=self.settings.new_tokens,
                 threads=self.threads,
                 time_budget=self.settings.time_budget,
+                progress=self.progress(),
             )
         return self.measurements[key]
 

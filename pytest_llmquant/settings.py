@@ -268,12 +268,13 @@ OPTIONS: tuple[Option, ...] = (
         "time_budget",
         "seconds the speedup gate may sample before it decides",
         check=positive_number,
-        default=20.0,
-        example="20",
+        default=5.0,
+        example="5",
     ),
     Option(
         "new_tokens",
-        "tokens generated per timed run",
+        "decode steps per prompt in the speed gate (then the next prompt is prefilled); "
+        "tokens generated per benchmark round",
         check=positive_int,
         default=32,
         example="32",
@@ -352,7 +353,7 @@ class Settings:
     max_ppl_ratio: float = 1.02
     min_speedup: float = 1.0
     min_memory_ratio: float = 2.0
-    time_budget: float = 20.0
+    time_budget: float = 5.0
     new_tokens: int = 32
     suite: bool = False
     report: str | None = None
