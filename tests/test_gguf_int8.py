@@ -289,3 +289,57 @@ def test_describe_gguf_does_not_import_torch(tmp_path: Path) -> None:
         [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["gguf", "Q8_0", "False"]
+
+
+PLUGIN_GATES = """
+import pytest
+
+@pytest.mark.quant_similarity()
+@pytest.mark.quant_memory(1.5, kind="weights")
+def test_similar_and_small(llmq_pair):
+    print("ORIGIN", llmq_pair.origin, llmq_pair.coverage)
+
+@pytest.mark.quant_memory(1.5, kind="file")
+def test_file(llmq_pair):
+    pass
+
+@pytest.mark.quant_memory(1.2, kind="peak_rss")
+def test_peak_rss(llmq_pair):
+    pass
+"""
+
+
+@pytest.mark.slow
+def test_the_llama_cpp_pair_through_the_plugin(
+    pytester: pytest.Pytester,
+    f16_gguf: Path,
+    q8_gguf: Path,
+    gguf_dir: Path,
+    fp32_side: tuple[Any, Any],
+) -> None:
+    """`--llmq-model=model.f16.gguf --llmq-int8-model=model.Q8_0.gguf`: the Q8_0 file is what
+    every gate measures, named as such, with all 211 layers int8 and the default quality
+    bounds met."""
+    pytester.makepyfile(PLUGIN_GATES)
+    result = pytester.runpytest_inprocess(
+        f"--llmq-model={f16_gguf}",
+        f"--llmq-int8-model={q8_gguf}",
+        f"--llmq-cache-dir={gguf_dir / 'llmq-cache'}",
+        f"--llmq-eval-tokens={N_TOKENS}",
+        "-p",
+        "no:cacheprovider",
+        "-v",
+        "-s",
+    )
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_similar_and_small[[]smollm2.F16-gguf-Q8_0] ORIGIN gguf Q8_0 (8-bit weights, "
+            "made by the --llmq-int8-model) quantized 211 of 211 linear layers",
+            "*smollm2.F16 [[]gguf Q8_0]  (* threads, device cpu)",
+            "mean KLD * ≤ 0.01 * ok",
+            "memory (weights) * ok",
+            "memory (file) * ok",
+            "memory (peak_rss) * ok",
+        ]
+    )
