@@ -216,7 +216,9 @@ class LlmqSession:
         value = self._int8[key]
         if isinstance(value, LlmqError):
             raise value
-        self.coverages[f"{self.label_of(spec)} [{value.origin.label}]"] = value.coverage
+        name = f"{self.label_of(spec)} [{value.origin.label}]"
+        self.coverages[name] = value.coverage
+        self.pairs.setdefault(name, {"int8": value.origin.as_dict()})
         return value
 
     def built_int8(self, spec: str, scheme: str) -> Int8Built | None:

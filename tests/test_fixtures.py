@@ -21,7 +21,10 @@ def test_int8_model_generates(pytester: pytest.Pytester, tiny_gpt2_dir: Path) ->
     result = run(pytester, tiny_gpt2_dir)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        ["*tiny-gpt2* [[]weight-only-int8]: quantized 9 of 9 linear layers"]
+        [
+            "*tiny-gpt2* [[]weight-only-int8]: quantized 9 of 9 linear layers; weight-only-int8, "
+            "made by the built-in scheme, runs on the *"
+        ]
     )
 
 

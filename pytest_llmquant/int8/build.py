@@ -122,8 +122,12 @@ def make_int8(
             model=fp32_model, scheme=scheme, config={"device": device, "label": label}
         )
     if returned is None:
+        from ..schemes import get_scheme
+
         model, cov = build_int8(fp32_model, scheme, device=device, label=label)
-        return Int8Built(model, cov, Int8Origin("scheme", scheme, 8, scheme=scheme))
+        path = get_scheme(scheme).describe().get("kernel")  # after quantizing: the path taken
+        origin = Int8Origin("scheme", scheme, 8, scheme=scheme, path=path)
+        return Int8Built(model, cov, origin)
     model, given = returned if isinstance(returned, tuple) else (returned, None)
     if isinstance(returned, tuple) and len(returned) != 2 or not hasattr(model, "named_modules"):
         raise LlmqUsageError(

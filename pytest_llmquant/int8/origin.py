@@ -28,6 +28,7 @@ class Int8Origin:
     bits: int | None = 8  # weight bit width; None when the model does not say
     checkpoint: str | None = None  # the files the user ships (the checkpoint route)
     scheme: str | None = None  # our scheme's name when one of ours built or saved it
+    path: str | None = None  # how its layers run here, when we know ("AVX2 C kernel", ...)
 
     @property
     def made_by(self) -> str:
@@ -38,7 +39,8 @@ class Int8Origin:
         return "bit width unknown" if self.bits is None else f"{self.bits}-bit weights"
 
     def __str__(self) -> str:
-        return f"{self.label} ({self.bits_text}, made by the {self.made_by})"
+        runs = f"; runs on the {self.path}" if self.path else ""
+        return f"{self.label} ({self.bits_text}, made by the {self.made_by}{runs})"
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "made_by": self.made_by}

@@ -16,7 +16,10 @@ def write_terminal_summary(tr: Any, session: Any) -> None:
             + (f" ({note})" if note else "")
         )
     for name, cov in session.coverages.items():
-        tr.write_line(f"{name}: {cov}")
+        int8 = (getattr(session, "pairs", {}).get(name) or {}).get("int8") or {}
+        made = f"; {int8['label']}, made by the {int8['made_by']}" if "made_by" in int8 else ""
+        runs = f", runs on the {int8['path']}" if int8.get("path") else ""
+        tr.write_line(f"{name}: {cov}{made}{runs}")
     by_pair: dict[str, list[Any]] = {}
     for result in session.results:
         by_pair.setdefault(result.pair, []).append(result)
