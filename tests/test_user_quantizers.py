@@ -110,3 +110,71 @@ def test_a_plain_save_pretrained_of_a_torch_ao_dynamic_model_is_explained(
             "config.json): save_pretrained cannot serialize torch.ao quantized layers*"
         ]
     )
+
+
+LABELLED_HOOK = """
+import copy
+from pytest_llmquant import get_scheme
+
+def pytest_llmq_quantize(model, scheme, config):
+    return get_scheme("weight-only-int8").quantize(copy.deepcopy(model)), "team recipe v2"
+"""
+
+BROKEN_HOOK = """
+def pytest_llmq_quantize(model, scheme, config):
+    return "not a model"
+"""
+
+DEVICE_HOOK = """
+import copy
+from pytest_llmquant import get_scheme
+
+def pytest_llmq_quantize(model, scheme, config):
+    return get_scheme("weight-only-int8").quantize(copy.deepcopy(model))
+"""
+
+
+def test_a_hook_may_name_its_model(pytester: pytest.Pytester, tiny_gpt2_dir: Path) -> None:
+    pytester.makeconftest(LABELLED_HOOK)
+    pytester.makepyfile(GATED)
+    result = run(pytester, tiny_gpt2_dir, "-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_gate?tiny-gpt2*-hook? *",
+            "*tiny-gpt2* [[]team recipe v2]: quantized 9 of 9 linear layers; team recipe v2, "
+            "made by the pytest_llmq_quantize hook",
+            "*[[]team recipe v2]  (*",
+        ]
+    )
+
+
+def test_a_hook_that_returns_something_else_is_one_line(
+    pytester: pytest.Pytester, tiny_gpt2_dir: Path
+) -> None:
+    pytester.makeconftest(BROKEN_HOOK)
+    pytester.makepyfile(GATED)
+    result = run(pytester, tiny_gpt2_dir)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["*pytest_llmq_quantize returned str; return the INT8 model, (model, 'a label') or None"]
+    )
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_the_built_in_device_check_does_not_judge_a_hook_model(
+    pytester: pytest.Pytester, tiny_gpt2_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hook builds the model, so the built-in scheme's device list does not apply."""
+    from pytest_llmquant.schemes.weight_only_int8 import WeightOnlyInt8
+
+    monkeypatch.setattr(WeightOnlyInt8, "devices", ("a-device-this-cpu-is-not",))
+    pytester.makeconftest(DEVICE_HOOK)
+    pytester.makepyfile(GATED)
+    run(pytester, tiny_gpt2_dir).assert_outcomes(passed=1)
+    pytester.makeconftest("")
+    result = run(pytester, tiny_gpt2_dir)  # no hook: the scheme builds it and refuses cpu
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*scheme 'weight-only-int8' runs only on a-device-this-cpu-is-not*"]
+    )
