@@ -153,3 +153,62 @@ def test_a_checkpoint_is_labelled_from_its_config_and_every_memory_kind_reads_it
             "the --llmq-int8-model)",
         ]
     )
+
+
+SIMILAR = """
+import pytest
+
+@pytest.mark.quant_similarity({bounds})
+def test_similar(llmq_pair):
+    print("ORIGIN", llmq_pair.origin)
+"""
+
+#: Each route's similarity bound on SmolLM2-135M: the defaults (mean KLD 0.01, same-top
+#: 0.95, PPL ratio 1.02) where the route meets them, else the bound its measurement in the
+#: README's "Which INT8 should I ship on CPU?" table supports, with room for 512 tokens.
+ROUTE_BOUNDS = {
+    "torchao-weight-only": "",
+    "torchao-w8a8": "max_kl=0.06, min_same_top=0.85, max_ppl_ratio=1.06",
+    "quanto-qint8": "",
+    "TorchAoConfig": "",
+    "bitsandbytes-8bit": "max_kl=0.025, min_same_top=0.92, max_ppl_ratio=1.04",
+}
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir(
+    smollm2_available: None, shared_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The packaged SmolLM2 as a plain FP32 directory, for the checkpoint routes."""
+    from pytest_llmquant import load_fp32
+
+    model, tokenizer = load_fp32("smollm2-135m", cache_dir=str(shared_cache_dir))
+    target = tmp_path_factory.mktemp("smollm2-fp32")
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route", sorted(ROUTE_BOUNDS))
+def test_the_similarity_gate_passes_each_route_on_smollm2(
+    pytester: pytest.Pytester, smollm2_dir: Path, tmp_path: Path, route: str
+) -> None:
+    hooks = {
+        "torchao-weight-only": TORCHAO_WEIGHT_ONLY,
+        "torchao-w8a8": TORCHAO_W8A8,
+        "quanto-qint8": QUANTO,
+    }
+    args = [f"--llmq-model={smollm2_dir}", "--llmq-eval-tokens=512", "-p", "no:cacheprovider"]
+    if route in hooks:
+        pytest.importorskip("optimum.quanto" if route == "quanto-qint8" else "torchao")
+        pytester.makeconftest(HOOK.format(body=hooks[route]))
+    else:
+        make = _torchao_checkpoint if route == "TorchAoConfig" else _bitsandbytes_checkpoint
+        args.append(f"--llmq-int8-model={make(smollm2_dir, tmp_path / 'int8')}")
+    pytester.makepyfile(SIMILAR.format(bounds=ROUTE_BOUNDS[route]))
+    result = pytester.runpytest_inprocess(*args, "-s", "-rA")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["* ORIGIN * (8-bit weights, made by the *", "quant_similarity passed for *"]
+    )
