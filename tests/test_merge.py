@@ -209,3 +209,47 @@ def test_two_real_jobs_on_the_tiny_gpt2_merge(
             f"pytest-llmquant: no regression against baseline {merged_base}",
         ]
     )
+
+
+def test_merging_needs_neither_pytest_nor_torch(tmp_path: Path) -> None:
+    """The matrix's merge job installs the package with --no-deps."""
+    a = job(tmp_path, "a", [similarity(PAIR)])
+    b = job(tmp_path, "b", [memory(OTHER)])
+    out = tmp_path / "merged.json"
+    blocked = (
+        "import runpy, sys; sys.modules.update(pytest=None, torch=None, transformers=None); "
+        "sys.argv = sys.argv[1:]; runpy.run_module('pytest_llmquant.merge', run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocked, "merge", "--out", str(out), str(a["report"]), str(b["report"])],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    assert list(json.loads(out.read_text())["pairs"]) == [PAIR, OTHER]
+
+
+def test_the_matrix_example_uses_real_options_and_merges_what_the_cells_upload() -> None:
+    import re
+
+    yaml = pytest.importorskip("yaml")
+    from pytest_llmquant.settings import OPTIONS
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "ci" / "matrix.yml"
+    text = path.read_text()
+    flags = set(re.findall(r"--llmq-[a-z-]+", text))
+    assert flags - {o.cli for o in OPTIONS} == set()  # no flag the plugin does not have
+    assert {"--llmq-report", "--llmq-save-baseline", "--llmq-baseline"} <= flags
+    jobs = yaml.safe_load(text)["jobs"]
+    assert set(jobs["gate"]["strategy"]["matrix"]) >= {"model", "scheme", "device"}
+    steps = {s.get("uses", "").split("@")[0] or s.get("name"): s for s in jobs["gate"]["steps"]}
+    assert steps["actions/upload-artifact"]["with"]["path"] == "out/"
+    assert "--llmq-report=out/report.json --llmq-save-baseline=out/baseline.json" in text
+    assert jobs["merge"]["needs"] == "gate"
+    merge_run = next(s["run"] for s in jobs["merge"]["steps"] if "merge" in s.get("run", ""))
+    assert "--out merged/report.json cells/*/report.json" in merge_run
+    assert "--out merged/baseline.json cells/*/baseline.json" in merge_run
+    restored = steps["actions/cache/restore"]["with"]["path"]
+    saved = next(
+        s for s in jobs["merge"]["steps"] if s.get("uses", "").startswith("actions/cache/save")
+    )
+    assert restored == saved["with"]["path"] == "out/llmq-baseline.json"
