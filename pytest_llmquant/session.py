@@ -8,6 +8,7 @@ model reports the same one-line error instead of retrying a 30-second load.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -236,19 +237,34 @@ class LlmqSession:
     def similarity(self, pair: ModelPair) -> Any:
         """Deterministic, so measured once per pair and shared by every gate that asks."""
         from .evaltext import load_eval_text
-        from .similarity import measure_similarity
+        from .similarity import DEFAULT_WINDOW, context_length, measure_similarity
 
         key = ("similarity", *pair.key)
         if key not in self.measurements:
             text = load_eval_text(self.settings.eval_text)
-            self.measurements[key] = measure_similarity(
+            # the window measure_similarity would pick unasked (the default, capped by the
+            # shorter context), chosen here so that the window recorded is the one used
+            contexts = [c for c in (context_length(pair.fp32), context_length(pair.int8)) if c]
+            window = min([DEFAULT_WINDOW, *contexts])
+            result = measure_similarity(
                 pair.fp32,
                 pair.int8,
                 pair.tokenizer,
                 text=text,
                 n_tokens=self.settings.eval_tokens,
+                window=window,
                 progress=self.progress(),
             )
+            # what the numbers were measured on, so a baseline can refuse to compare
+            # numbers from another text or setting (see baseline.compare)
+            result.measured_on = {  # type: ignore[attr-defined]
+                "eval_text": self.settings.eval_text or "built-in corpus",
+                "eval_text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                "window": window,
+                "reference_dtype": pair.reference_dtype,
+                "device": pair.device,
+            }
+            self.measurements[key] = result
         return self.measurements[key]
 
     def speedup(self, pair: ModelPair, threshold: float) -> Any:

@@ -59,6 +59,17 @@ def positive_number(value: Any) -> float:
     return number
 
 
+def non_negative_number(value: Any) -> float:
+    """A finite number >= 0 (a number of standard errors: 0 turns a check off)."""
+    try:
+        number = _number(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError("must be a finite number >= 0")
+    return number
+
+
 def fraction(value: Any) -> float:
     """A share in (0, 1] (top-1 agreement)."""
     try:
@@ -310,6 +321,14 @@ OPTIONS: tuple[Option, ...] = (
         check=existing_file,
         fix="create it with --llmq-save-baseline=FILE on a good run",
     ),
+    Option(
+        "baseline_z",
+        "--llmq-baseline flags a similarity metric only when its change also exceeds this "
+        "many combined standard errors of the two measurements (0: tolerance only)",
+        check=non_negative_number,
+        default=3.0,
+        example="3",
+    ),
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}
@@ -360,6 +379,7 @@ class Settings:
     report_md: str | None = None
     save_baseline: str | None = None
     baseline: str | None = None
+    baseline_z: float = 3.0
     #: option name -> where its value came from: "CLI", "env", "ini" or "default"
     origin: dict[str, str] = field(default_factory=dict, compare=False)
 

@@ -159,13 +159,18 @@ def similarity_verdict(
     ]
     if greedy is not None:
         rows.append(Row("greedy token match", "", f"{greedy:.3f}", "", "", None))
+    # the session adds what the numbers were measured on (text hash, window, reference
+    # dtype, device): flat in the measurement, so a baseline can refuse other settings
+    measurement = _as_dict(r)
+    measurement.pop("measured_on", None)
+    measurement.update(getattr(r, "measured_on", None) or {})
     return GateResult(
         "quant_similarity",
         pair,
         passed,
         message,
         rows,
-        _as_dict(r),
+        measurement,
         {"max_kl": max_kl, "min_same_top": min_same_top, "max_ppl_ratio": max_ppl_ratio},
     )
 

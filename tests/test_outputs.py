@@ -1,9 +1,5 @@
-"""JSON report, Markdown summary and quality baselines, on fabricated results.
-
-The outputs are pure functions of the session's GateResults, so these tests build the
-results with the real verdict functions from small fake measurements: every message and
-file format is checked without loading a model (or importing torch).
-"""
+"""JSON report, Markdown summary and quality baselines, on fabricated results
+(:mod:`fabricated`): every message and file format is checked without a model."""
 
 from __future__ import annotations
 
@@ -15,11 +11,21 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fabricated import (
+    OTHER,
+    PAIR,
+    Terminal,
+    all_three,
+    fake_session,
+    fake_settings,
+    memory,
+    similarity,
+    speedup,
+)
 
 from pytest_llmquant.baseline.compare import compare_baselines, compare_to_baseline
 from pytest_llmquant.baseline.store import baseline_dict, load_baseline, write_baseline
 from pytest_llmquant.errors import LlmqUsageError
-from pytest_llmquant.layers import Coverage
 from pytest_llmquant.reporting.finish import finish_session
 from pytest_llmquant.reporting.json_report import (
     report_dict,
@@ -28,103 +34,6 @@ from pytest_llmquant.reporting.json_report import (
     write_json_report,
 )
 from pytest_llmquant.reporting.markdown import markdown_summary, write_markdown
-from pytest_llmquant.settings import Settings
-from pytest_llmquant.verdicts import memory_verdict, similarity_verdict, speedup_verdict
-
-PAIR = "smollm2-135m [dynamic-int8]"
-OTHER = "tiny-gpt2 [weight-only-int8]"
-
-
-# -- fabricated measurements ---------------------------------------------------------------
-
-
-def similarity(pair: str = PAIR, *, mean_kld: float = 0.0041, same_top: float = 0.97,
-               ppl_ratio: float = 1.008, max_kl: float = 0.01) -> Any:  # fmt: skip
-    r = SimpleNamespace(
-        n_tokens=512,
-        mean_kld=mean_kld,
-        kld_se=0.0003,
-        p99_kld=0.03,
-        max_kld=0.2,
-        same_top=same_top,
-        same_top_se=0.005,
-        ppl_fp32=12.0,
-        ppl_int8=12.0 * ppl_ratio,
-        ppl_ratio=ppl_ratio,
-        ppl_ratio_se=0.001,
-        rms_dp=0.012,
-        rms_dp_se=math.nan,  # a non-finite value must not break strict JSON
-        greedy_match=None,
-    )
-    return similarity_verdict(r, pair, max_kl=max_kl, min_same_top=0.9, max_ppl_ratio=1.05)
-
-
-def speedup(pair: str = PAIR, *, point: float = 2.0, low: float = 1.8, high: float = 2.2,
-            n_pairs: int = 12, threshold: float = 1.0) -> Any:  # fmt: skip
-    r = SimpleNamespace(
-        verdict="pass" if point >= threshold else "fail",
-        speedup=point,
-        ci_low=low,
-        ci_high=high,
-        confidence=0.99,
-        close=False,
-        rule="interval clear of the threshold",
-        threshold=threshold,
-        n_pairs=n_pairs,
-        fp32_ms_per_token=20.0,
-        int8_ms_per_token=20.0 / point,
-        fp32_tokens_per_s=50.0,
-        int8_tokens_per_s=50.0 * point,
-        threads=2,
-        fp32_samples=[0.020, 0.021, 0.019],
-        int8_samples=[0.010, 0.011, 0.0105],
-    )
-    return speedup_verdict(r, pair, min_speedup=threshold)
-
-
-def memory(pair: str = PAIR, *, ratio: float = 3.8, kind: str = "weights") -> Any:
-    r = SimpleNamespace(
-        kind=kind,
-        fp32_bytes=int(380e6),
-        int8_bytes=int(380e6 / ratio),
-        ratio=ratio,
-        kept_float=None,
-        note="",
-    )
-    return memory_verdict(r, pair, min_ratio=2.0)
-
-
-def fake_session(results: list[Any], settings: Any = None, **extra: Any) -> SimpleNamespace:
-    pairs = dict.fromkeys(r.pair for r in results)
-    return SimpleNamespace(
-        results=results,
-        coverages={p: Coverage(quantized=["a", "b", "c"], kept_float=["lm_head"]) for p in pairs},
-        threads=2,
-        device="cpu",
-        schemes=["dynamic-int8"],
-        settings=settings,
-        config=None,
-        load_times={},
-        **extra,
-    )
-
-
-def fake_settings(**values: Any) -> Settings:
-    """The run's settings, as pytest_configure would resolve them from these options."""
-    return Settings(**values)
-
-
-class Terminal:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def write_line(self, line: str, **markup: bool) -> None:
-        self.lines.append(line)
-
-
-def all_three(pair: str = PAIR, **kw: Any) -> list[Any]:
-    return [similarity(pair), speedup(pair), memory(pair)]
-
 
 # -- JSON report -------------------------------------------------------------------------------
 
@@ -146,7 +55,12 @@ def test_report_has_every_pair_and_gate_in_strict_json() -> None:
     assert data["passed"] is False
     assert data["counts"] == {"gates": 4, "failed": 1}
     pair = data["pairs"][PAIR]
-    assert pair["coverage"] == {"quantized": 3, "total": 4, "kept_float": ["lm_head"]}
+    assert pair["coverage"] == {
+        "quantized": 3,
+        "total": 4,
+        "kept_float": ["lm_head"],
+        "quantized_layers": ["a", "b", "c"],
+    }
     assert [g["gate"] for g in pair["gates"]] == [
         "quant_similarity",
         "quant_speedup",
@@ -261,20 +175,26 @@ def test_baseline_dict_holds_only_measured_metrics() -> None:
         fake_session(all_three(PAIR) + [similarity(OTHER), memory(OTHER, kind="peak_rss")])
     )
     assert data["schema_version"] == 1
-    assert data["pairs"][PAIR] == {
+    similarity_metrics = {
         "mean_kld": 0.0041,
+        "mean_kld_se": 0.0003,
         "same_top": 0.97,
+        "same_top_se": 0.005,
         "ppl_ratio": 1.008,
+        "ppl_ratio_se": 0.001,
+    }
+    assert data["pairs"][PAIR] == {
+        **similarity_metrics,
         "speedup": 2.0,
         "speedup_ci_low": 1.8,
         "speedup_ci_high": 2.2,
         "memory_ratio": 3.8,
+        "measured_on": {"eval_tokens": 512, "device": "cpu"},
     }
     assert data["pairs"][OTHER] == {
-        "mean_kld": 0.0041,
-        "same_top": 0.97,
-        "ppl_ratio": 1.008,
+        **similarity_metrics,
         "memory_ratio_peak_rss": 3.8,
+        "measured_on": {"eval_tokens": 512, "device": "cpu"},
     }
 
 
@@ -301,7 +221,8 @@ def test_kld_worse_beyond_tolerance_regresses(tmp_path: Path) -> None:
     worse = fake_session([similarity(mean_kld=0.0093), speedup(), memory()])
     assert compare_to_baseline(worse, baseline) == [
         f"{PAIR}: mean KLD regressed 0.0041 → 0.0093 "
-        "(tolerance +25% relative + 0.001 absolute, limit 0.00613)"
+        "(tolerance +25% relative + 0.001 absolute, limit 0.00613; "
+        "change 0.0052 > 3 × SE 0.000424 = 0.00127)"
     ]
 
 
@@ -338,12 +259,14 @@ def test_speedup_without_an_upper_bound_is_a_note(tmp_path: Path) -> None:
     ("result", "message"),
     [
         (
-            similarity(same_top=0.95),
-            "same-top-1 regressed 0.970 → 0.950 (tolerance -0.01 absolute, limit 0.960)",
+            similarity(same_top=0.93),
+            "same-top-1 regressed 0.970 → 0.930 (tolerance -0.01 absolute, limit 0.960; "
+            "change 0.04 > 3 × SE 0.00707 = 0.0212)",
         ),
         (
             similarity(ppl_ratio=1.02),
-            "PPL ratio regressed 1.0080 → 1.0200 (tolerance +0.01 absolute, limit 1.0180)",
+            "PPL ratio regressed 1.0080 → 1.0200 (tolerance +0.01 absolute, limit 1.0180; "
+            "change 0.012 > 3 × SE 0.00141 = 0.00424)",
         ),
         (
             memory(ratio=3.5),
@@ -387,7 +310,8 @@ def test_tolerances_are_configurable(tmp_path: Path) -> None:
     worse = fake_session([similarity(mean_kld=0.0093)])
     assert compare_to_baseline(worse, baseline, {"mean_kld": {"rel": 2.0}}) == []
     assert compare_to_baseline(worse, baseline, {"mean_kld": {"abs": 0.0}}) == [
-        f"{PAIR}: mean KLD regressed 0.0041 → 0.0093 (tolerance +25% relative, limit 0.00513)"
+        f"{PAIR}: mean KLD regressed 0.0041 → 0.0093 (tolerance +25% relative, limit 0.00513; "
+        "change 0.0052 > 3 × SE 0.000424 = 0.00127)"
     ]
     with pytest.raises(LlmqUsageError, match="unknown baseline tolerance metric 'kl'"):
         compare_to_baseline(worse, baseline, {"kl": {"rel": 1.0}})
@@ -440,7 +364,8 @@ def test_hand_written_baseline_in_the_documented_shape_loads(tmp_path: Path) -> 
     baseline = load_baseline(path)
     assert compare_to_baseline(fake_session([similarity()]), baseline) == [
         f"{PAIR}: mean KLD regressed 0.001 → 0.0041 "
-        "(tolerance +25% relative + 0.001 absolute, limit 0.00225)"
+        "(tolerance +25% relative + 0.001 absolute, limit 0.00225; "
+        "change 0.0031 > 3 × SE 0.0003 = 0.0009)"  # no SE in the file: this run's alone
     ]
 
 
@@ -477,11 +402,15 @@ def test_finish_session_forces_failure_on_a_regression(tmp_path: Path) -> None:
     )
     tr = Terminal()
     assert finish_session(session, tr) == 1
+    obtained = tmp_path / "base.obtained.json"
     assert tr.lines == [
         f"{PAIR}: mean KLD regressed 0.0041 → 0.0093 "
-        "(tolerance +25% relative + 0.001 absolute, limit 0.00613)",
-        f"pytest-llmquant: quality regressed against baseline {base}",
+        "(tolerance +25% relative + 0.001 absolute, limit 0.00613; "
+        "change 0.0052 > 3 × SE 0.000424 = 0.00127)",
+        f"pytest-llmquant: quality regressed against baseline {base}; this run's baseline "
+        f"is in {obtained}: review it and copy it over {base} to accept the change",
     ]
+    assert load_baseline(obtained)["pairs"][PAIR]["mean_kld"] == 0.0093
     session.results = all_three()
     tr = Terminal()
     assert finish_session(session, tr) is None
@@ -541,7 +470,7 @@ def test_plugin_wiring_saves_compares_and_forces_exit_status(
     worse.stdout.fnmatch_lines(
         [
             "fake [[]dynamic-int8]: mean KLD regressed 0.004 → 0.02 (tolerance *)",
-            f"pytest-llmquant: quality regressed against baseline {base}",
+            f"pytest-llmquant: quality regressed against baseline {base}; this run's *",
         ]
     )
     quiet = pytester.runpytest_inprocess(

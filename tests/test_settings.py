@@ -75,6 +75,7 @@ BAD_VALUES = {
     "report_md": ("{nodir}/r.md", "must be a file path in an existing directory"),
     "save_baseline": ("{nodir}/b.json", "must be a file path in an existing directory"),
     "baseline": ("{missing}", "create it with --llmq-save-baseline=FILE on a good run"),
+    "baseline_z": ("-1", "must be a finite number >= 0"),
     "model": ("./no/such/model", "no such file or directory"),
     "scheme": ("int4-magic", "unknown --llmq-scheme 'int4-magic'; valid schemes: "),
     "int8_model": ("{missing}", "no such"),

@@ -28,16 +28,29 @@ Lower-is-better metrics (``mean_kld``, ``ppl_ratio``) regress when
 them with ``tolerances={"mean_kld": {"rel": 0.5, "abs": 0.002}, ...}`` (keys not
 given keep their default). A pair or metric the baseline lacks is never a
 regression: it is reported as a note.
+
+**Noise.** The similarity metrics are means over the tokens of one text and carry a
+standard error. A change of ``mean_kld``, ``same_top`` or ``ppl_ratio`` is a regression
+only when it exceeds its tolerance *and* ``z`` times the combined standard error of the
+two measurements, ``sqrt(se_old² + se_new²)`` (``z`` = 3 by default,
+``--llmq-baseline-z``); a change beyond the tolerance but within the noise is a note. A
+missing standard error (a hand-written or older baseline) counts as 0. The two
+measurements must have been taken on the same text and setting (:mod:`.comparable`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import LlmqUsageError
 from ..reporting.json_report import finite_number
-from .store import baseline_dict
+from .comparable import check_comparable
+from .store import baseline_dict, find_pair
+
+#: the z of the noise rule when none is given (``--llmq-baseline-z``)
+DEFAULT_Z = 3.0
 
 #: per metric: relative and absolute slack, see the module docstring
 DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
@@ -105,29 +118,114 @@ def _describe(tol: Mapping[str, float], lower_better: bool) -> str:
     return sign + terms[0] + "".join(f" {sign} {t}" for t in terms[1:])
 
 
+def _noise(before: Mapping[str, Any], after: Mapping[str, Any], name: str) -> float | None:
+    """The combined standard error of metric ``name`` in two measurements, or None when
+    neither recorded one (a missing one counts as 0)."""
+    ses = [finite_number(m.get(f"{name}_se")) for m in (before, after)]
+    if all(se is None for se in ses):
+        return None
+    return math.sqrt(sum((se or 0.0) ** 2 for se in ses))
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _judge_beyond_tolerance(
+    what: str,
+    fmt: str,
+    was: float,
+    now: float,
+    limit: float,
+    tol: Mapping[str, float],
+    lower_better: bool,
+    se: float | None,
+    z: float,
+) -> tuple[bool, str]:
+    """(regressed, line) for a metric already worse than its tolerance allows: a
+    regression unless the change is within ``z`` combined standard errors (then a note).
+    A metric without standard errors (memory, an older baseline) is judged on its
+    tolerance alone."""
+    change = f"{fmt.format(was)} → {fmt.format(now)}"
+    tolerance = f"tolerance {_describe(tol, lower_better)}, limit {fmt.format(limit)}"
+    if se is None:
+        return True, f"{what} regressed {change} ({tolerance})"
+    delta, noise = abs(now - was), z * se
+    noisy = delta > noise
+    zse = f"{_g(delta)} {'>' if noisy else '≤'} {z:g} × SE {_g(se)} = {_g(noise)}"
+    if noisy:
+        return True, f"{what} regressed {change} ({tolerance}; change {zse})"
+    return False, (
+        f"{what} {change} is beyond the {tolerance}, but within the noise "
+        f"(change {zse}): not a regression"
+    )
+
+
+def _judge_speedup(
+    pair: str,
+    metrics: Mapping[str, Any],
+    was: float,
+    now: float,
+    limit: float,
+    tol: Mapping[str, float],
+    confidence: Mapping[str, float] | None,
+    regressions: list[str],
+    notes: list[str],
+) -> None:
+    """The speedup regresses only when the *high* end of its new interval is below the
+    limit: a lower point estimate inside a wide interval is timing noise."""
+    fmt = _METRICS["speedup"][3]
+    high = finite_number(metrics.get("speedup_ci_high"))
+    level = (confidence or {}).get(pair)
+    ci = f"{round(100 * level)}% CI" if level else "CI"
+    if high is None:
+        if now < limit:
+            notes.append(
+                f"{pair}: speedup {fmt.format(was)} → {fmt.format(now)} has no "
+                "upper confidence bound (too few timed pairs), not compared"
+            )
+        return
+    if high < limit:
+        low = finite_number(metrics.get("speedup_ci_low"))
+        shown = f"{low:.2f}–{high:.2f}" if low is not None else f"≤ {high:.2f}"
+        regressions.append(
+            f"{pair}: speedup regressed {fmt.format(was)} → {fmt.format(now)} "
+            f"({ci} {shown}, high end below the limit {fmt.format(limit)}; "
+            f"tolerance {_describe(tol, False)})"
+        )
+
+
 def compare_baselines(
     old: Mapping[str, Any],
     new: Mapping[str, Any],
     tolerances: Mapping[str, Mapping[str, float]] | None = None,
     *,
     confidence: Mapping[str, float] | None = None,
+    z: float = DEFAULT_Z,
+    source: str | None = None,
 ) -> tuple[list[str], list[str]]:
     """(regressions, notes) between two baseline dicts; one line each.
 
     ``confidence`` maps a pair to the confidence level of its new speedup interval, only
     for the message. The speedup regresses only when the *high* end of the new interval
     is below the allowed value: a lower point estimate inside a wide interval is noise.
+    A similarity metric regresses only beyond its tolerance and ``z`` combined standard
+    errors. Baselines measured on another text or setting raise a one-line
+    :class:`LlmqUsageError` (``source``, the baseline's file, names it and the fix).
     """
     tol = resolve_tolerances(tolerances)
     regressions: list[str] = []
-    notes: list[str] = []
+    notes: list[str] = check_comparable(old, new, source=source)
     old_pairs: Mapping[str, Any] = old.get("pairs") or {}
     new_pairs: Mapping[str, Any] = new.get("pairs") or {}
+    matched: set[str] = set()
     for pair, metrics in new_pairs.items():
-        if pair not in old_pairs:
+        hit = find_pair(old_pairs, pair, (metrics.get("measured_on") or {}).get("device"))
+        if hit is None:
             notes.append(f"{pair}: not in the baseline, nothing to compare")
             continue
-        before = old_pairs[pair] or {}
+        matched.add(hit[0])
+        before = hit[1] or {}
         for name, value in metrics.items():
             spec = _metric_spec(name)
             if spec is None or name in _INFO_KEYS:
@@ -142,45 +240,29 @@ def compare_baselines(
             t = tol[tol_key]
             if lower_better:
                 limit = was * (1 + t["rel"]) + t["abs"]
-                if now > limit:
-                    regressions.append(
-                        f"{pair}: {label} regressed {fmt.format(was)} → {fmt.format(now)} "
-                        f"(tolerance {_describe(t, True)}, limit {fmt.format(limit)})"
-                    )
-                continue
-            limit = was * (1 - t["rel"]) - t["abs"]
+            else:
+                limit = was * (1 - t["rel"]) - t["abs"]
             if name == "speedup":
-                high = finite_number(metrics.get("speedup_ci_high"))
-                level = (confidence or {}).get(pair)
-                ci = f"{round(100 * level)}% CI" if level else "CI"
-                if high is None:
-                    if now < limit:
-                        notes.append(
-                            f"{pair}: speedup {fmt.format(was)} → {fmt.format(now)} has no "
-                            "upper confidence bound (too few timed pairs), not compared"
-                        )
-                    continue
-                if high < limit:
-                    low = finite_number(metrics.get("speedup_ci_low"))
-                    shown = f"{low:.2f}–{high:.2f}" if low is not None else f"≤ {high:.2f}"
-                    regressions.append(
-                        f"{pair}: speedup regressed {fmt.format(was)} → {fmt.format(now)} "
-                        f"({ci} {shown}, high end below the limit {fmt.format(limit)}; "
-                        f"tolerance {_describe(t, False)})"
-                    )
+                _judge_speedup(pair, metrics, was, now, limit, t, confidence, regressions, notes)
                 continue
-            if now < limit:
-                regressions.append(
-                    f"{pair}: {label} regressed {fmt.format(was)} → {fmt.format(now)} "
-                    f"(tolerance {_describe(t, False)}, limit {fmt.format(limit)})"
-                )
+            if (now > limit) if lower_better else (now < limit):
+                regressed, line = _judge_beyond_tolerance(
+                    f"{pair}: {label}", fmt, was, now, limit, t, lower_better,
+                    _noise(before, metrics, name), z,
+                )  # fmt: skip
+                (regressions if regressed else notes).append(line)
         for name in before:
             missing = _metric_spec(name) if name not in metrics else None
             if missing is not None and name not in _INFO_KEYS:
                 notes.append(f"{pair}: {missing[2]} is in the baseline but was not measured")
-    for pair in old_pairs:
-        if pair not in new_pairs:
-            notes.append(f"{pair}: in the baseline but not measured in this run")
+    unmatched = [key for key in old_pairs if key not in matched]
+    if len(unmatched) <= 3:
+        notes.extend(f"{key}: in the baseline but not measured in this run" for key in unmatched)
+    else:  # a merged baseline of a CI matrix: the other jobs' pairs
+        notes.append(
+            f"{len(unmatched)} pairs in the baseline were not measured in this run "
+            f"({', '.join(unmatched[:3])}, …)"
+        )
     old_v, new_v = old.get("versions") or {}, new.get("versions") or {}
     for lib in ("torch", "transformers"):
         if old_v.get(lib) and new_v.get(lib) and old_v[lib] != new_v[lib]:
@@ -194,11 +276,16 @@ def compare_to_baseline(
     tolerances: Mapping[str, Mapping[str, float]] | None = None,
     *,
     notes: list[str] | None = None,
+    z: float = DEFAULT_Z,
+    source: str | None = None,
 ) -> list[str]:
-    """One line per metric of this run that is worse than ``baseline`` beyond tolerance.
+    """One line per metric of this run that is worse than ``baseline`` beyond tolerance
+    (and, for the similarity metrics, beyond ``z`` combined standard errors).
 
     Pairs and metrics the baseline lacks are not regressions; pass a list as ``notes``
-    to receive one line about each of them (and about changed torch/transformers).
+    to receive one line about each of them (and about changed torch/transformers, and
+    changes within the noise). A baseline measured on another text or setting raises a
+    one-line :class:`LlmqUsageError`; ``source`` (the baseline's path) is named in it.
     """
     confidence = {}
     for r in getattr(session, "results", None) or []:
@@ -206,7 +293,7 @@ def compare_to_baseline(
         if r.gate == "quant_speedup" and level is not None:
             confidence[r.pair] = level
     regressions, found = compare_baselines(
-        baseline, baseline_dict(session), tolerances, confidence=confidence
+        baseline, baseline_dict(session), tolerances, confidence=confidence, z=z, source=source
     )
     if notes is not None:
         notes.extend(found)

@@ -7,10 +7,12 @@ quality regression can fail a run whose tests all passed.
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
-from ..baseline.compare import compare_to_baseline
+from ..baseline.compare import DEFAULT_Z, compare_to_baseline
 from ..baseline.store import baseline_dict, load_baseline
 from ..errors import LlmqUsageError
 from .files import atomic_write
@@ -26,12 +28,36 @@ def _say(tr: Any, line: str, **markup: bool) -> None:
         sys.stderr.write(line + "\n")
 
 
+def obtained_path(baseline: str | os.PathLike[str]) -> Path:
+    """Where a regressed run leaves its own baseline: ``base.json`` ->
+    ``base.obtained.json`` next to it (pytest-regressions' convention)."""
+    path = Path(baseline)
+    return path.with_name(f"{path.stem}.obtained{path.suffix or '.json'}")
+
+
+def _regressed(session: Any, baseline: str) -> str:
+    """The closing line of a regressed run; writes the obtained baseline beside the
+    expected one, so that accepting the change is one copy and a diff shows it."""
+    line = f"pytest-llmquant: quality regressed against baseline {baseline}"
+    obtained = obtained_path(baseline)
+    try:
+        atomic_write(obtained, json_text(baseline_dict(session)))
+    except OSError as exc:
+        return f"{line}; could not write this run's baseline to {obtained}: {exc}"
+    return (
+        f"{line}; this run's baseline is in {obtained}: review it and copy it over "
+        f"{baseline} to accept the change"
+    )
+
+
 def finish_session(session: Any, terminalreporter: Any) -> int | None:
     """Write the files the options ask for and compare with ``--llmq-baseline``.
 
     Returns the exit status to force, or None: 1 when a metric regressed against the
-    baseline, 4 (pytest's usage error) when an output or the baseline could not be
-    written or read. Does nothing in an xdist worker: the controller writes the files.
+    baseline (this run's baseline is then written beside it, see :func:`obtained_path`),
+    4 (pytest's usage error) when an output or the baseline could not be written or
+    read, or the baseline was measured on another text or setting. Does nothing in an
+    xdist worker: the controller writes the files.
     """
     config = getattr(session, "config", None)
     if config is not None and hasattr(config, "workerinput"):
@@ -83,13 +109,20 @@ def finish_session(session: Any, terminalreporter: Any) -> int | None:
             _say(tr, f"pytest-llmquant: {exc}", red=True)
             return status or 4
         notes: list[str] = []
-        regressions = compare_to_baseline(session, baseline, notes=notes)
+        z = option(session, "baseline_z")
+        try:
+            regressions = compare_to_baseline(
+                session, baseline, notes=notes, z=DEFAULT_Z if z is None else z, source=compare
+            )
+        except LlmqUsageError as exc:  # measured on another text or setting
+            _say(tr, f"pytest-llmquant: {exc}", red=True)
+            return status or 4
         for line in notes:
             _say(tr, f"note: {line}")
         for line in regressions:
             _say(tr, line, red=True)
         if regressions:
-            _say(tr, f"pytest-llmquant: quality regressed against baseline {compare}", red=True)
+            _say(tr, _regressed(session, compare), red=True)
             return 1
         _say(tr, f"pytest-llmquant: no regression against baseline {compare}", green=True)
     return status
