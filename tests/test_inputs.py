@@ -47,8 +47,10 @@ def test_missing_eval_text_file(pytester: pytest.Pytester, tiny_gpt2_dir: Path) 
     result = pytester.runpytest_inprocess(
         f"--llmq-model={tiny_gpt2_dir}", "--llmq-eval-text=nope.txt", "-p", "no:cacheprovider"
     )
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*nope.txt*--llmq-eval-text*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # found at start-up, before any model loads
+    result.stderr.fnmatch_lines(
+        ["*--llmq-eval-text='nope.txt' on the command line: must be an existing file*"]
+    )
 
 
 def test_prompt_longer_than_context_is_truncated_from_the_left(tmp_path: Path) -> None:
