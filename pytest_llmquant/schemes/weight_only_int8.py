@@ -70,7 +70,7 @@ class WeightOnlyInt8(QuantScheme):
         """The base description plus ``kernel``: which path the layers run here (the
         device of the last model this process quantized decides)."""
         if _last_device != "cpu":
-            path = f"torch dequantize per call on {_last_device} (no C kernel there)"
+            path = f"torch dequantize-per-call path on {_last_device} (the C kernel is CPU only)"
         else:
             path = kernels.path_description()
         return {**super().describe(), "kernel": path}
