@@ -140,7 +140,7 @@ class WeightOnlyInt8Linear(nn.Module):
             return w.to(dtype)
         q, scales = self.int8_state()
         if self.group_size is not None and self.in_features % self.group_size == 0:
-            # whole groups (every shape our schemes make on a GPU): one broadcast multiply,
+            # whole groups (the usual shape, and the GPU path): one broadcast multiply,
             # no padding copy; the same float32 products as int8_math.dequantize
             rows, cols = q.shape
             blocks = q.view(rows, cols // self.group_size, self.group_size)
