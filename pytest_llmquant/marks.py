@@ -20,7 +20,7 @@ from .verdicts import GateResult, memory_verdict, similarity_verdict, speedup_ve
 if TYPE_CHECKING:
     from .session import LlmqSession, ModelPair
 
-MEMORY_KINDS = ("weights", "file", "peak_rss")
+MEMORY_KINDS = ("weights", "file", "peak_rss", "vram")
 
 
 def quant_similarity(
@@ -56,8 +56,8 @@ def quant_memory(
     min_ratio: float | None = None, kind: str = "weights", *, pair: ModelPair, session: LlmqSession
 ) -> GateResult:
     """INT8 memory is at least min_ratio times smaller than the reference; kind is weights
-    (parameters and buffers), file (serialized size) or peak_rss (load + generate in a fresh
-    process)."""
+    (parameters and buffers), file (serialized size), peak_rss (load + generate in a fresh
+    process) or vram (the same on a CUDA device: GPU memory; skips elsewhere)."""
     threshold = session.settings.min_memory_ratio if min_ratio is None else min_ratio
     return memory_verdict(session.memory(pair, kind), pair.name, min_ratio=threshold)
 

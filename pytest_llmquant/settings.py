@@ -332,6 +332,8 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}
+#: the default memory threshold against a bfloat16/float16 reference (2.0 against float32)
+HALF_PRECISION_MIN_MEMORY_RATIO = 1.5
 
 
 def addoptions(parser: pytest.Parser) -> None:
@@ -449,6 +451,9 @@ def resolve(config: pytest.Config) -> Settings:
         values["threads"] = default_threads()
     if values["reference_dtype"] is None:  # what a user deploys instead of INT8 there
         values["reference_dtype"] = "bfloat16" if values["device"].startswith("cuda") else "float32"
+    if origin["min_memory_ratio"] == "default" and values["reference_dtype"] != "float32":
+        # int8 + scales is ~1.1 bytes a weight: 2x of a 16-bit reference is out of reach
+        values["min_memory_ratio"] = HALF_PRECISION_MIN_MEMORY_RATIO
     return Settings(**values, origin=origin)
 
 

@@ -9,7 +9,11 @@ How a measurement is taken, and why:
   work generation repeats per token, and there are dozens of them per second where a
   whole generation takes seconds: the gate gets many pairs from a short budget.
 * ``warmup`` steps of each model come first and are thrown away: the first calls
-  allocate buffers, pick kernels and fault weights into memory.
+  allocate buffers, pick kernels and fault weights into memory. On CUDA
+  :data:`CUDA_EXTRA_WARMUP` more steps are taken, because cuBLAS and attention pick
+  their kernels lazily and the caching allocator grows during the first calls; each
+  timed step is bracketed by ``torch.cuda.synchronize`` (:mod:`.decode_steps`), so the
+  clock reads finished GPU work, not queued launches.
 * Steps are *paired* and interleaved, alternating the order (AB, BA, AB, ...), so
   that whatever the machine does (a neighbour job, frequency scaling, the second
   step of a pair profiting from a warm cache) hits both models alike; the decision
@@ -56,6 +60,9 @@ FALLBACK_PROMPTS: tuple[str, ...] = (
 
 #: the progress callback hears from the gate at most this often (seconds)
 PROGRESS_EVERY_S = 1.0
+
+#: untimed decode steps per model added to ``warmup`` when either model is on CUDA
+CUDA_EXTRA_WARMUP = 8
 
 #: ``runner(model, prompt_index, step) -> seconds`` of one decode step; step 0 of a
 #: prompt comes after a fresh (untimed) prefill of that prompt
@@ -126,6 +133,12 @@ def _encode(tokenizer: Any, prompt: str, models: Sequence[Any], new_tokens: int)
     return inputs
 
 
+def on_cuda(*models: Any) -> bool:
+    """Whether any of the models reports a CUDA device (``model.device``, as transformers
+    models do); objects without one (injected test doubles) count as the CPU."""
+    return any(getattr(getattr(m, "device", None), "type", None) == "cuda" for m in models)
+
+
 def _check_arguments(
     threshold: float, new_tokens: int, warmup: int, min_pairs: int, max_pairs: int, budget: float
 ) -> None:
@@ -181,7 +194,8 @@ def measure_speedup(
     could only ever decide on the point estimate. ``warmup`` is in steps per model.
     ``runner(model, prompt_index, step) -> seconds`` replaces the real timed decode
     step (tests). ``progress`` hears a one-line status at most every
-    :data:`PROGRESS_EVERY_S` seconds of a measurement that is still going.
+    :data:`PROGRESS_EVERY_S` seconds of a measurement that is still going. On CUDA
+    :data:`CUDA_EXTRA_WARMUP` steps are added to ``warmup`` (the result reports the total).
     """
     import torch
 
@@ -191,6 +205,8 @@ def measure_speedup(
     if min_pairs is None:
         min_pairs = pairs_for_an_interval(confidence)
     _check_arguments(threshold, new_tokens, warmup, min_pairs, max_pairs, time_budget)
+    if on_cuda(fp32_model, int8_model):
+        warmup += CUDA_EXTRA_WARMUP
     prompt_list = tuple(prompts) if prompts is not None else default_prompts()
     if not prompt_list:
         raise ValueError("prompts must not be empty")

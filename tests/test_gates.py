@@ -195,8 +195,8 @@ def test_summary_table_per_model(pytester: pytest.Pytester, tiny_gpt2_dir: Path)
             "@pytest.mark.quant_similarity min_same_top=1.5 must be a finite number in (0, 1]",
         ),
         (
-            "quant_memory(2.0, kind='vram')",
-            "@pytest.mark.quant_memory(kind='vram') is not a memory kind; use one of weights, file, peak_rss",
+            "quant_memory(2.0, kind='gpu')",
+            "@pytest.mark.quant_memory(kind='gpu') is not a memory kind; use one of weights, file, peak_rss, vram",
         ),
         (
             "quant_memory(True)",

@@ -157,7 +157,9 @@ def test_file_kind_needs_a_way_to_save(gpt2_pair: tuple[Any, Any]) -> None:
 def test_bad_kind_lists_the_valid_kinds() -> None:
     with pytest.raises(LlmqUsageError) as info:
         measure_memory(Small(), Small(), "rss")
-    assert str(info.value) == "unknown memory kind 'rss'; valid kinds: weights, file, peak_rss"
+    assert (
+        str(info.value) == "unknown memory kind 'rss'; valid kinds: weights, file, peak_rss, vram"
+    )
 
 
 def test_peak_rss_needs_a_spec() -> None:

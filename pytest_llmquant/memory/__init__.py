@@ -1,10 +1,12 @@
-"""How much memory the INT8 model saves, measured three ways (the ``kind``).
+"""How much memory the INT8 model saves, measured four ways (the ``kind``).
 
 - ``weights`` (:mod:`.weights`): bytes of the tensors the model holds, int8 weights as
   1 byte plus their scales. Exact and instant; what "4x smaller" means.
 - ``file`` (:mod:`.files`): bytes on disk after saving both models.
 - ``peak_rss`` (:mod:`.rss`): resident memory of fresh processes that load the model
   and generate 8 tokens, minus a process that only imports the libraries.
+- ``vram`` (:mod:`.vram`): GPU memory torch allocates in fresh processes that load the
+  model on CUDA and generate 8 tokens; skips on any other device.
 
 What stays FP32 in the INT8 model (embeddings, norms, biases, layers a scheme skips)
 is reported as ``MemoryResult.kept_float`` so a small ratio can be explained.
@@ -31,6 +33,7 @@ from .rss import (
     peak_rss,
     probe,
 )
+from .vram import check_vram_device, measure_vram, vram_note
 
 if TYPE_CHECKING:
     from ..int8.origin import Int8Origin
@@ -75,7 +78,7 @@ __all__ = [
     "weights_bytes",
 ]
 
-KINDS: tuple[str, ...] = ("weights", "file", "peak_rss")
+KINDS: tuple[str, ...] = ("weights", "file", "peak_rss", "vram")
 
 
 @dataclass
@@ -129,6 +132,9 @@ def measure_memory(
       Compares the peak RSS while generating (the reference an INT8 copy was built from
       freed, the high-water mark reset), each minus a process that only imports the
       libraries. The whole-life peaks, which include loading, are in ``details``.
+    - ``vram``: the same fresh processes on the CUDA device of ``spec``, comparing the GPU
+      memory torch allocates from the loaded model through generating (:mod:`.vram`);
+      raises :class:`~pytest_llmquant.errors.LlmqSkip` when the device is not CUDA.
     """
     if kind not in KINDS:
         raise LlmqUsageError(f"unknown memory kind {kind!r}; valid kinds: {', '.join(KINDS)}")
@@ -152,21 +158,32 @@ def measure_memory(
         )
     if kind == "file":
         return _file_sizes(fp32_model, int8_model, scheme, save, origin)
+    if kind == "vram":  # before anything is saved or started
+        device = _device(spec, fp32_model)
+        check_vram_device(device)
+        if spec is not None:
+            spec = {**({"model": spec} if isinstance(spec, str) else spec), "device": device}
     if spec is None:
         raise LlmqUsageError(
-            "memory kind 'peak_rss' needs spec= (the --llmq-model value) so "
+            f"memory kind {kind!r} needs spec= (the --llmq-model value) so "
             "fresh processes can load the model"
         )
-    with tempfile.TemporaryDirectory(prefix="llmq-rss-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"llmq-{kind}-") as tmp:
         if origin is not None:
             from ..int8.on_disk import probe_args
 
             int8_args = probe_args(int8_model, tokenizer, origin, Path(tmp))
         else:
             int8_args = {"scheme": scheme}
-        fp32, int8, details = measure_rss(spec, int8_args)
-    probes = details["probes"]
+        if kind == "vram":
+            fp32, int8, details = measure_vram(spec, int8_args)
+        else:
+            fp32, int8, details = measure_rss(spec, int8_args)
     made = "built from the reference in-process" if "scheme" in int8_args else "loaded as saved"
+    if kind == "vram":
+        note = vram_note(details, made)
+        return MemoryResult(kind, fp32, int8, _ratio(fp32, int8), None, note, details)
+    probes = details["probes"]
     note = (
         f"peak RSS while generating 8 tokens in a fresh process, minus "
         f"{details['baseline_bytes'] / 1e6:.0f} MB for python+torch+transformers "
@@ -175,6 +192,14 @@ def measure_memory(
         f"{probes['int8']['peak_bytes'] / 1e6:.0f} MB ({made})"
     )
     return MemoryResult(kind, fp32, int8, _ratio(fp32, int8), None, note, details)
+
+
+def _device(spec: dict[str, Any] | str | None, model: Any) -> str:
+    """The device the probes would use: ``spec["device"]``, else the model's, else cpu."""
+    if isinstance(spec, dict) and spec.get("device"):
+        return str(spec["device"])
+    device = getattr(model, "device", None)
+    return str(device) if device is not None else "cpu"
 
 
 def _file_sizes(

@@ -25,6 +25,12 @@ imports, the same tokenizer and config, the model class built on the meta device
 weights) and one small matmul to start torch's thread pool. Subtracting the baseline
 leaves the memory of the weights and of generating with them.
 
+With ``"report": "vram"`` (the ``vram`` memory kind, a CUDA ``device``) the report also
+holds torch's GPU counters (``torch.cuda.max_memory_allocated``: live tensors only):
+``vram_load_peak_bytes`` (loading, and building INT8), ``vram_loaded_bytes`` (the model
+ready), ``vram_serve_peak_bytes`` (from then through generating, the mark reset with
+``torch.cuda.reset_peak_memory_stats``) and ``vram_peak_bytes`` (the whole life).
+
 Errors print ``{"error": ..., "error_kind": "usage" | "model"}`` and exit with 2.
 """
 
@@ -155,11 +161,52 @@ def _model(args: dict[str, Any], mode: str) -> tuple[Any, Any, dict[str, Any]]:
     return int8_model, tokenizer, extra
 
 
+def _gpu(args: dict[str, Any], mode: str) -> Any:
+    """The CUDA device a ``vram`` report measures, or None when none was asked for."""
+    if args.get("report") != "vram":
+        return None
+    import torch
+
+    device = str(args.get("device", "cpu"))
+    if mode == "baseline" or not device.startswith("cuda"):
+        raise LlmqUsageError(
+            f"a vram report needs mode fp32 or int8 on a CUDA device, not {mode!r} on {device!r}"
+        )
+    if not torch.cuda.is_available():
+        raise LlmqUsageError(f"a vram report on {device!r}: no CUDA device is visible here")
+    gpu = torch.device(device)
+    torch.cuda.reset_peak_memory_stats(gpu)
+    return gpu
+
+
+def _vram_after_load(gpu: Any) -> dict[str, Any]:
+    import torch
+
+    torch.cuda.synchronize(gpu)
+    report = {
+        "vram_load_peak_bytes": int(torch.cuda.max_memory_allocated(gpu)),
+        "vram_loaded_bytes": int(torch.cuda.memory_allocated(gpu)),
+    }
+    torch.cuda.reset_peak_memory_stats(gpu)  # the mark restarts at what is allocated now
+    return report
+
+
+def _vram_after_generate(gpu: Any, report: dict[str, Any]) -> None:
+    import torch
+
+    torch.cuda.synchronize(gpu)
+    serve = int(torch.cuda.max_memory_allocated(gpu))
+    report["vram_serve_peak_bytes"] = serve
+    report["vram_peak_bytes"] = max(serve, report["vram_load_peak_bytes"])
+
+
 def run(args: dict[str, Any]) -> dict[str, Any]:
     mode = args.get("mode")
     if mode not in ("fp32", "int8", "baseline"):
         raise LlmqUsageError(f"memory probe mode {mode!r}: use fp32, int8 or baseline")
     import torch
+
+    gpu = _gpu(args, mode)
 
     if args.get("threads"):
         torch.set_num_threads(int(args["threads"]))
@@ -172,6 +219,8 @@ def run(args: dict[str, Any]) -> dict[str, Any]:
         model, tokenizer, extra = _model(args, mode)
         report.update(extra)
         gc.collect()
+        if gpu is not None:
+            report.update(_vram_after_load(gpu))
         load_peak = hwm_bytes()
         loaded = rss_bytes()
         can_reset = reset_hwm()
@@ -186,6 +235,8 @@ def run(args: dict[str, Any]) -> dict[str, Any]:
                 pad_token_id=tokenizer.pad_token_id,
             )
         report["generated_tokens"] = int(out.shape[1] - inputs["input_ids"].shape[1])
+        if gpu is not None:
+            _vram_after_generate(gpu, report)
         after = hwm_bytes()
         serve = after if can_reset else None
         peak = None if load_peak is None or after is None else max(load_peak, after)

@@ -27,7 +27,7 @@ def write_terminal_summary(tr: Any, session: Any) -> None:
         tr.write_line("")
         tr.write_line(f"{pair}  ({session.threads} threads, device {session.device})")
         rows = [row for r in results for row in r.rows]
-        tr.write_line(format_table(rows))
+        tr.write_line(format_table(rows, results[0].reference))
         for r in results:
             if r.close:
                 tr.write_line(f"note: {r.message}")

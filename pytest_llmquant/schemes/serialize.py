@@ -84,7 +84,6 @@ def save_int8(scheme: QuantScheme, model: Any, directory: Path) -> None:
 
 
 def load_int8(scheme: QuantScheme, directory: Path, *, device: str = "cpu") -> nn.Module:
-    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -102,13 +101,13 @@ def load_int8(scheme: QuantScheme, directory: Path, *, device: str = "cpu") -> n
             f"{directory / WEIGHTS_FILE} is unreadable ({exc}); save the model again"
         ) from None
     config = AutoConfig.from_pretrained(directory)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    convert_conv1d(model)
     float_tensors = {
         k: v
         for k, v in tensors.items()
         if not k.startswith(tuple(n + "." for n in recipe["layers"]))
     }
+    model = AutoModelForCausalLM.from_config(config, dtype=_saved_float_dtype(float_tensors))
+    convert_conv1d(model)
     result = model.load_state_dict(float_tensors, strict=False)
     missing = [
         k
@@ -132,3 +131,18 @@ def load_int8(scheme: QuantScheme, directory: Path, *, device: str = "cpu") -> n
                 model.get_submodule(owner), attr, getattr(model.get_submodule(src_owner), src_attr)
             )
     return model.to(device).eval()
+
+
+def _saved_float_dtype(tensors: dict[str, Any]) -> Any:
+    """The dtype most of the saved float tensors (embeddings, norms) are in, float32 if none.
+
+    The model is rebuilt in it, so the INT8 model of a bfloat16 reference (on CUDA, or
+    ``--llmq-reference-dtype=bfloat16``) reloads as bfloat16 and gives the same logits,
+    instead of being widened to float32 on the way back in."""
+    import torch
+
+    counts: dict[Any, int] = {}
+    for t in tensors.values():
+        if t.dtype.is_floating_point:
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+    return max(counts, key=lambda d: counts[d]) if counts else torch.float32

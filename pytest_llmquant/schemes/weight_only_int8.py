@@ -1,4 +1,4 @@
-"""``weight-only-int8``: int8 weights with per-group float32 scales, float32 activations.
+"""``weight-only-int8``: int8 weights with per-group float32 scales, float activations.
 
 Why this recipe (see shared/notes/int8-on-cpu.md and the README's frontier table):
 
@@ -19,6 +19,10 @@ Why this recipe (see shared/notes/int8-on-cpu.md and the README's frontier table
   numbers up to float32 summation order, several times slower.
 - Prompts (more than ``KERNEL_MAX_TOKENS`` tokens) dequantize the weight and use the
   float32 GEMM: prefill is compute bound, where MKL beats a hand-written loop.
+- On CUDA (``--llmq-device=cuda``) the layers keep the same int8 weights and scales and
+  dequantize them in torch on every call, into the activation dtype (bfloat16 with the
+  default CUDA reference): correct and 1 byte per weight at rest, but not faster than
+  bfloat16, since no int8 x bfloat16 GPU kernel ships with torch for this layout.
 
 The layer is :class:`WeightOnlyInt8Linear` (in :mod:`.weight_only_linear`, importable
 from here); this module holds the scheme.
@@ -53,6 +57,7 @@ class WeightOnlyInt8(QuantScheme):
     #: measured 0.0042 on SmolLM2-135M over the default corpus (benchmarks/schemes.py),
     #: rounded up with room for the corpus and library versions changing
     kld_bound = 0.005
+    devices = ("cpu", "cuda")
 
     def __init__(self, **config: Any) -> None:
         config.setdefault("group_size", 32)
@@ -62,11 +67,18 @@ class WeightOnlyInt8(QuantScheme):
         self.skip = [str(s) for s in config["skip"]]
 
     def describe(self) -> dict[str, Any]:
-        """The base description plus ``kernel``: which path the layers run here."""
-        return {**super().describe(), "kernel": kernels.path_description()}
+        """The base description plus ``kernel``: which path the layers run here (the
+        device of the last model this process quantized decides)."""
+        if _last_device != "cpu":
+            path = f"torch dequantize-per-call path on {_last_device} (the C kernel is CPU only)"
+        else:
+            path = kernels.path_description()
+        return {**super().describe(), "kernel": path}
 
     def quantize(self, model: nn.Module) -> nn.Module:
-        kernels.available()  # build (or find) the kernel now, not in the first timed forward
+        _note_device(_device_of(model))
+        if _last_device == "cpu":  # the C kernel is for the CPU only
+            kernels.available()  # build (or find) it now, not in the first timed forward
         convert_conv1d(model)
         for name, module in linear_like_layers(model).items():
             if not is_skipped(name, self.skip):
@@ -105,3 +117,18 @@ class WeightOnlyInt8(QuantScheme):
             tensors.get("bias") if meta["bias"] else None,
             meta["group_size"],
         )
+
+
+#: the device type of the last model :meth:`WeightOnlyInt8.quantize` saw in this process,
+#: so that ``describe()`` (asked right after quantizing) names the path its layers take
+_last_device = "cpu"
+
+
+def _note_device(device: str) -> None:
+    global _last_device
+    _last_device = device
+
+
+def _device_of(model: nn.Module) -> str:
+    tensor = next(iter(model.parameters()), None)
+    return "cpu" if tensor is None else tensor.device.type

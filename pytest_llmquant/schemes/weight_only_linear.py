@@ -1,10 +1,19 @@
-"""The layer of ``weight-only-int8``: int8 weights, float32 block scales, float32 activations.
+"""The layer of ``weight-only-int8``: int8 weights, float32 block scales, any float activations.
 
-Decode (up to ``KERNEL_MAX_TOKENS`` tokens a call) runs the AVX2 C kernel of
-:mod:`.kernels`, which reads 1 byte per weight instead of 4; prompts dequantize the weight
-and use the float32 GEMM, since prefill is compute bound and MKL beats a hand-written
-loop there. Without the kernel the layer dequantizes in torch: same numbers up to
-float32 summation order, several times slower.
+On the CPU, decode (up to ``KERNEL_MAX_TOKENS`` tokens a call) runs the AVX2 C kernel of
+:mod:`.kernels`, which reads 1 byte per weight instead of 4 and takes float32 activations
+(others are cast in and out); prompts dequantize the weight and use the GEMM, since
+prefill is compute bound and MKL beats a hand-written loop there. Without the kernel the
+layer dequantizes in torch: same numbers up to float32 summation order, slower.
+
+On a GPU (CUDA) there is no C kernel: every call dequantizes the int8 weight in torch
+(``q * scale`` in float32, one rounding to the activation dtype) and runs ``F.linear`` in
+the activation dtype (bfloat16 for the default CUDA reference). The weight at rest stays
+1 byte plus its scales, which is what the ``vram`` memory gate measures; the transient
+full-width copy per call is why INT8 decode on a GPU is not faster than bfloat16.
+
+The storage layout follows the device: packed for the C kernel on the CPU, row-major
+``weight_int8``/``scales`` elsewhere (``.to("cuda")`` and back converts, bit for bit).
 """
 
 from __future__ import annotations
@@ -32,9 +41,10 @@ KERNEL_MAX_TOKENS = 8
 class WeightOnlyInt8Linear(nn.Module):
     """A linear layer holding int8 weights and float32 block scales, never a float weight.
 
-    Shapes the C kernel can stream (columns in whole 32-column chunks and whole groups)
-    are kept only in the packed layout of :func:`int8_math.pack_rows`; other shapes keep
-    row-major ``weight_int8`` and ``scales``. Either way there is deliberately no
+    On the CPU, shapes the C kernel can stream (columns in whole 32-column chunks and
+    whole groups) are kept only in the packed layout of :func:`int8_math.pack_rows`;
+    other shapes, and every layer on another device, keep row-major ``weight_int8`` and
+    ``scales``. Either way there is deliberately no
     ``weight`` attribute: nothing can silently fall back to a float weight, and
     :func:`pytest_llmquant.layers.coverage` counts the layer as quantized.
     """
@@ -59,15 +69,11 @@ class WeightOnlyInt8Linear(nn.Module):
                 f"scales of shape {tuple(scales.shape)} do not fit {tuple(q.shape)} "
                 f"with group_size={group_size}"
             )
-        self.is_packed = packable(self.out_features, self.in_features, group_size)
-        if self.is_packed:
-            self.register_buffer("packed", pack_rows(q, scales, group_size))
-            self.register_buffer("weight_int8", None)
-            self.register_buffer("scales", None)
-        else:
-            self.register_buffer("packed", None)
-            self.register_buffer("weight_int8", q.to(torch.int8).contiguous())
-            self.register_buffer("scales", scales.to(torch.float32).contiguous())
+        self.register_buffer("packed", None)
+        self.register_buffer("weight_int8", q.to(torch.int8).contiguous())
+        self.register_buffer("scales", scales.to(torch.float32).contiguous())
+        self.is_packed = False
+        self._match_layout_to_device()
         self.register_buffer(
             "bias", None if bias is None else bias.detach().to(torch.float32).clone()
         )
@@ -82,14 +88,40 @@ class WeightOnlyInt8Linear(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         """Keep scales and bias float32 through ``.to(dtype)``/``.half()`` (moving them
         between devices is fine): the kernels read them as float32 whatever the
-        activations are, and a round trip through bfloat16 would lose precision."""
+        activations are, and a round trip through bfloat16 would lose precision. Then
+        switch the layout to the one the new device uses (packed only on the CPU)."""
         kept = {n: t for n in ("bias", "scales") if (t := self._buffers.get(n)) is not None}
         super()._apply(fn, recurse)
         for name, old in kept.items():
             new = self._buffers[name]
             if new is not None and new.dtype != torch.float32:
                 self._buffers[name] = old.to(new.device)
+        self._match_layout_to_device()
         return self
+
+    def _match_layout_to_device(self) -> None:
+        """Packed where the C kernel can read it (the CPU, a packable shape), row-major
+        everywhere else: the kernel's layout means nothing to a GPU, and the row-major
+        one is what the torch path there reshapes into blocks. Pure torch, bit-exact."""
+        stored = self.packed if self.packed is not None else self.weight_int8
+        assert stored is not None
+        on_cpu = stored.device.type == "cpu"
+        if stored.device.type == "meta":
+            return
+        if self.packed is not None and not on_cpu:
+            q, scales = unpack_rows(
+                self.packed, self.out_features, self.in_features, self.group_size
+            )
+            self.packed, self.weight_int8, self.scales = None, q, scales
+        elif (
+            self.packed is None
+            and on_cpu
+            and packable(self.out_features, self.in_features, self.group_size)
+        ):
+            assert self.weight_int8 is not None and self.scales is not None
+            packed = pack_rows(self.weight_int8, self.scales, self.group_size)
+            self.packed, self.weight_int8, self.scales = packed, None, None
+        self.is_packed = self.packed is not None
 
     def int8_state(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(q, scales)`` in the row-major layout of :func:`int8_math.quantize_per_channel`."""
@@ -98,15 +130,24 @@ class WeightOnlyInt8Linear(nn.Module):
         assert self.weight_int8 is not None and self.scales is not None
         return self.weight_int8, self.scales
 
-    def dequantized_weight(self) -> torch.Tensor:
-        """The float32 weight this layer stands for (prompts and the pure-torch path)."""
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight this layer stands for, on the layer's device, as float32 ``q * scale``
+        rounded once to ``dtype`` (prompts, the pure-torch path, and every GPU call)."""
         if self.packed is not None and kernels.available():
             n, k = self.out_features, self.in_features
             w = torch.empty(n, k, dtype=torch.float32)
             kernels.unpack_f32(self.packed, w, n, k, self.block)
-            return w
+            return w.to(dtype)
         q, scales = self.int8_state()
-        return dequantize(q, scales, self.group_size)
+        if self.group_size is not None and self.in_features % self.group_size == 0:
+            # whole groups (the usual shape, and the GPU path): one broadcast multiply,
+            # no padding copy; the same float32 products as int8_math.dequantize
+            rows, cols = q.shape
+            blocks = q.view(rows, cols // self.group_size, self.group_size)
+            w = (blocks * scales.unsqueeze(-1)).view(rows, cols)
+        else:
+            w = dequantize(q, scales, self.group_size)
+        return w.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # decode fast path: a few microseconds of Python per call matter here, because
@@ -130,7 +171,7 @@ class WeightOnlyInt8Linear(nn.Module):
         lead = x.shape[:-1]
         m = lead.numel()
         if m > KERNEL_MAX_TOKENS or x.device.type != "cpu" or m == 0 or not kernels.available():
-            w = self.dequantized_weight().to(x.device, x.dtype)
+            w = self.dequantized_weight(x.dtype).to(x.device)
             return nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
         x2 = x.reshape(m, k).to(torch.float32).contiguous()
         y = torch.empty(m, n, dtype=torch.float32)

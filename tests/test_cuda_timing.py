@@ -1,0 +1,97 @@
+"""The speed gate on CUDA: the clock reads finished GPU work, and warm-up is longer there.
+
+GPU launches return before the work is done, so a decode step is timed between two
+``torch.cuda.synchronize`` calls; and cuBLAS and attention pick their kernels lazily on
+the first calls, so CUDA gets :data:`CUDA_EXTRA_WARMUP` more untimed steps. These tests
+run on the CPU with stand-in models that report a CUDA device and a recorded
+``synchronize``; on the CPU nothing changes (the other timing tests hold that).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pytest_llmquant.decode_steps import DecodeStream  # noqa: E402
+from pytest_llmquant.timing import CUDA_EXTRA_WARMUP, measure_speedup, on_cuda  # noqa: E402
+
+
+class Output(dict):
+    """What a transformers forward returns: keys and attributes alike."""
+
+    __getattr__ = dict.__getitem__
+
+
+class FakeCudaModel:
+    """Says it lives on ``cuda``; each call appends to the shared event log."""
+
+    def __init__(self, log: list[str], device: str = "cuda") -> None:
+        self.device = torch.device(device)
+        self.log = log
+
+    def __call__(self, input_ids: Any, **kwargs: Any) -> Output:
+        self.log.append("forward")
+        return Output(logits=torch.zeros(1, input_ids.shape[-1], 5), cache=object())
+
+
+def test_a_cuda_step_is_timed_between_two_synchronizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    log: list[str] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("sync"))
+    ticks = itertools.count()
+
+    def clock() -> float:
+        log.append("clock")
+        return float(next(ticks))
+
+    stream = DecodeStream(
+        FakeCudaModel(log), [{"input_ids": torch.ones(1, 3, dtype=torch.long)}],
+        steps_per_prompt=4, clock=clock,
+    )  # fmt: skip
+    stream.step(0, 0)
+    log.clear()  # the prefill is not timed
+    stream.step(0, 1)
+    assert log == ["sync", "clock", "forward", "sync", "clock"]
+
+
+def test_a_cpu_step_never_synchronizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    log: list[str] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("sync"))
+    stream = DecodeStream(
+        FakeCudaModel(log, "cpu"), [{"input_ids": torch.ones(1, 3, dtype=torch.long)}],
+        steps_per_prompt=4,
+    )  # fmt: skip
+    stream.step(0, 0)
+    stream.step(0, 1)
+    assert "sync" not in log
+
+
+def test_on_cuda_reads_the_models_device() -> None:
+    log: list[str] = []
+    assert on_cuda(FakeCudaModel(log, "cpu"), FakeCudaModel(log, "cuda:0"))
+    assert not on_cuda(FakeCudaModel(log, "cpu"), "a test double without a device")
+
+
+@pytest.mark.parametrize(("device", "extra"), [("cpu", 0), ("cuda", CUDA_EXTRA_WARMUP)])
+def test_cuda_adds_warm_up_steps(device: str, extra: int) -> None:
+    log: list[str] = []
+    fp32, int8 = FakeCudaModel(log, device), FakeCudaModel(log, device)
+    calls: list[tuple[Any, int, int]] = []
+    now = [0.0]
+
+    def runner(model: Any, prompt: int, step: int) -> float:
+        calls.append((model, prompt, step))
+        seconds = 0.010 if model is fp32 else 0.004
+        now[0] += seconds
+        return seconds
+
+    result = measure_speedup(
+        fp32, int8, None, threshold=1.5, prompts=("p",), threads=1, warmup=4,
+        min_pairs=8, max_pairs=8, clock=lambda: now[0], runner=runner,
+    )  # fmt: skip
+    assert CUDA_EXTRA_WARMUP > 0 and result.warmup == 4 + extra
+    assert len(calls) == 2 * (4 + extra) + 2 * result.n_pairs
+    assert result.n_pairs == 8 and result.verdict == "pass"
