@@ -49,7 +49,12 @@ def quant_speedup(
     """INT8 generation is at least min_speedup times faster than the reference, decided on
     interleaved runs with a confidence interval (see the README's decision rule)."""
     threshold = session.settings.min_speedup if min_speedup is None else min_speedup
-    return speedup_verdict(session.speedup(pair, threshold), pair.name, min_speedup=threshold)
+    return speedup_verdict(
+        session.speedup(pair, threshold),
+        pair.name,
+        min_speedup=threshold,
+        reference=pair.reference_label,
+    )
 
 
 def quant_memory(
@@ -59,7 +64,8 @@ def quant_memory(
     (parameters and buffers), file (serialized size), peak_rss (load + generate in a fresh
     process) or vram (the same on a CUDA device: GPU memory; skips elsewhere)."""
     threshold = session.settings.min_memory_ratio if min_ratio is None else min_ratio
-    return memory_verdict(session.memory(pair, kind), pair.name, min_ratio=threshold)
+    bits = pair.origin.bits if pair.origin is not None else 8
+    return memory_verdict(session.memory(pair, kind), pair.name, min_ratio=threshold, bits=bits)
 
 
 MARKERS: dict[str, Callable[..., GateResult]] = {

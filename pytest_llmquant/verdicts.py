@@ -178,14 +178,16 @@ def similarity_verdict(
 # -- speedup ------------------------------------------------------------------------
 
 
-def speedup_verdict(result: Any, pair: str, *, min_speedup: float) -> GateResult:
+def speedup_verdict(
+    result: Any, pair: str, *, min_speedup: float, reference: str = "FP32"
+) -> GateResult:
     r = result
     passed = r.verdict == "pass"
     ci = f"{int(round(100 * r.confidence))}% CI {r.ci_low:.2f}–{r.ci_high:.2f}"
     cmp = "≥" if passed else "<"
     message = (
         f"quant_speedup {'passed' if passed else 'failed'} for {pair}: INT8 {r.speedup:.2f}x "
-        f"faster than FP32 ({ci}, {r.n_pairs} interleaved pairs, {r.threads} threads) "
+        f"faster than {reference} ({ci}, {r.n_pairs} interleaved pairs, {r.threads} threads) "
         f"{cmp} {_g(min_speedup)}x"
     )
     if r.close:
@@ -223,7 +225,7 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def memory_verdict(result: Any, pair: str, *, min_ratio: float) -> GateResult:
+def memory_verdict(result: Any, pair: str, *, min_ratio: float, bits: int | None = 8) -> GateResult:
     r = result
     passed = r.ratio >= min_ratio
     message = (
@@ -231,9 +233,11 @@ def memory_verdict(result: Any, pair: str, *, min_ratio: float) -> GateResult:
         f"{_mb(r.fp32_bytes)} → {_mb(r.int8_bytes)} (ratio {_vs(r.ratio, min_ratio)}x "
         f"{'≥' if passed else '<'} {_g(min_ratio)}x)"
     )
+    if bits != 8:  # a 4-bit model is gated all the same, and the message says what it holds
+        message += "; its weights are " + ("of unknown width" if bits is None else f"{bits}-bit")
     kept = getattr(r, "kept_float", None)
     if kept:
-        message += "; still FP32: " + ", ".join(f"{k} {_mb(v)}" for k, v in list(kept.items())[:3])
+        message += "; still float: " + ", ".join(f"{k} {_mb(v)}" for k, v in list(kept.items())[:3])
     rows = [
         Row(
             f"memory ({r.kind})",

@@ -54,7 +54,8 @@ def _same_state(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> boo
 
 def _assert_close_to_reference(y: torch.Tensor, layer: WeightOnlyInt8Linear, x: torch.Tensor):
     q, scales = layer.int8_state()
-    want = linear_reference(x.float().cpu(), q.cpu(), scales.cpu(), layer.group_size, layer.bias)
+    bias = None if layer.bias is None else layer.bias.cpu()
+    want = linear_reference(x.float().cpu(), q.cpu(), scales.cpu(), layer.group_size, bias)
     err = (y.float().cpu() - want).abs().max().item()
     assert err <= REL_TOL[y.dtype] * want.abs().max().item(), f"{y.dtype}: max error {err:.3g}"
 

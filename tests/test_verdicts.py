@@ -37,3 +37,40 @@ def test_memory_ratio_just_under_its_bound() -> None:
     r = memory_verdict(m, "m [s]", min_ratio=2.0)
     assert not r.passed
     assert "ratio 1.9996x < 2x" in r.message, r.message
+
+
+def test_a_memory_message_says_when_the_weights_are_not_8_bit() -> None:
+    from types import SimpleNamespace
+
+    from pytest_llmquant.verdicts import memory_verdict
+
+    r = SimpleNamespace(kind="weights", fp32_bytes=4_000_000, int8_bytes=1_000_000, ratio=4.0)
+    assert "its weights" not in memory_verdict(r, "m [weight-only-int8]", min_ratio=2.0).message
+    four = memory_verdict(r, "m [gptq 4-bit]", min_ratio=2.0, bits=4).message
+    assert four.endswith("; its weights are 4-bit")
+    assert memory_verdict(r, "m [x]", min_ratio=2.0, bits=None).message.endswith("unknown width")
+
+
+def test_a_speedup_message_names_the_reference_precision() -> None:
+    from types import SimpleNamespace
+
+    from pytest_llmquant.verdicts import speedup_verdict
+
+    r = SimpleNamespace(
+        verdict="fail",
+        confidence=0.99,
+        ci_low=0.43,
+        ci_high=0.76,
+        speedup=0.70,
+        n_pairs=22,
+        threads=16,
+        fp32_ms_per_token=16.5,
+        int8_ms_per_token=23.7,
+        fp32_tokens_per_s=60.5,
+        int8_tokens_per_s=42.2,
+        close=False,
+    )
+    message = speedup_verdict(
+        r, "llama [weight-only-int8]", min_speedup=1.0, reference="BF16"
+    ).message
+    assert "faster than BF16 (99% CI 0.43–0.76" in message
