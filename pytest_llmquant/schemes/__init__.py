@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, str] = {
     "dynamic-int8": "pytest_llmquant.schemes.dynamic_int8:DynamicInt8",
     "weight-only-int8": "pytest_llmquant.schemes.weight_only_int8:WeightOnlyInt8",
+    "weight-only-int8-bf16": "pytest_llmquant.schemes.weight_only_int8_bf16:WeightOnlyInt8Bf16",
     "smoothquant-w8a8": "pytest_llmquant.schemes.w8a8:SmoothQuantW8A8",
 }
 
