@@ -195,13 +195,30 @@ class LlmqSession:
 
     # -- measurements, shared by markers, helpers and the suite -------------------------
     def similarity(self, pair: ModelPair) -> Any:
-        """Deterministic, so measured once per pair and shared by every gate that asks."""
+        """Deterministic, so measured once per pair and shared by every gate that asks.
+
+        The FP32 side comes from the cache dir's stored reference (computed and stored
+        on first use), unless the FP32 model or tokenizer is not the session's own
+        (a user fixture overrides it: then nothing says which model it is).
+        """
         from .evaltext import load_eval_text
-        from .similarity import measure_similarity
+        from .similarity import ReferenceStore, measure_similarity
 
         key = ("similarity", *pair.key)
         if key not in self.measurements:
             text = load_eval_text(self.settings.eval_text)
+            reference = None
+            loaded = self._fp32.get(pair.model_id)
+            source = next((s for s in self.sources if s.spec == pair.model_id), None)
+            if (
+                source is not None
+                and isinstance(loaded, tuple)
+                and loaded[0] is pair.fp32
+                and loaded[1] is pair.tokenizer
+            ):
+                reference = ReferenceStore.for_source(
+                    self.cache, source, pair.fp32, label=pair.label
+                )
             self.measurements[key] = measure_similarity(
                 pair.fp32,
                 pair.int8,
@@ -209,6 +226,7 @@ class LlmqSession:
                 text=text,
                 n_tokens=self.settings.eval_tokens,
                 progress=self.progress(),
+                reference=reference,
             )
         return self.measurements[key]
 
