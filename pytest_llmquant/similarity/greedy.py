@@ -1,4 +1,12 @@
-"""Greedy generation from fixed prompts, and how often two models chose the same token."""
+"""Greedy generation from fixed prompts, and how often two models chose the same token.
+
+Each model runs ``generate()`` itself, token by token. Checking the FP32 continuation with
+one INT8 forward pass, as speculative decoding checks a draft, would be 2x faster for a
+good INT8 model, but it is only the same as generating when a position's output does not
+depend on the rest of the forward pass; torch.ao's dynamic recipe quantizes activations
+per tensor, so its choices change with the sequence around them (on SmolLM2 the greedy
+match read 7% that way against 19% generated).
+"""
 
 from __future__ import annotations
 
