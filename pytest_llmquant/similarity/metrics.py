@@ -82,7 +82,7 @@ def token_stats(fp32_logits: Any, int8_logits: Any, targets: Any) -> TokenStats:
         logp = torch.log_softmax(logits.double(), dim=-1)
         lp_t = logp.gather(1, targets[lo:hi].unsqueeze(1)).squeeze(1)
         masked = bool(logits.numel()) and bool(logits.amin() == float("-inf"))
-        return logp, lp_t, _argmax(logits), masked
+        return logp, lp_t, first_argmax(logits), masked
 
     return _compare(reference, int8_logits, targets)
 
@@ -131,7 +131,7 @@ def reference_token_stats(reference: ReferenceRows, int8_logits: Any, targets: A
     return _compare(rows, int8_logits, targets)
 
 
-def _argmax(logits: Any) -> Any:
+def first_argmax(logits: Any) -> Any:
     """The first index of each row's maximum, as ``argmax``; ``max(dim)`` is several times
     faster on CPU and documented to return the first maximal index too."""
     return logits.max(dim=-1).indices
@@ -167,7 +167,7 @@ def _compare(
                 diff = torch.where(p > 0, diff, torch.zeros_like(diff))
             out["kld"].append((p * diff).sum(dim=-1))
             lq_t = logq.gather(1, targets[lo:hi].unsqueeze(1)).squeeze(1)
-            out["same"].append(top_p == _argmax(chunk))
+            out["same"].append(top_p == first_argmax(chunk))
             out["lp"].append(lp_t)
             out["lq"].append(lq_t)
             out["dp"].append(lq_t.exp() - lp_t.exp())

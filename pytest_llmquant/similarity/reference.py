@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from .forward import model_device, model_dtype, scored_logits
 from .greedy import greedy_tokens as generate_greedy
+from .metrics import first_argmax
 from .windows import Window
 
 if TYPE_CHECKING:
@@ -70,23 +71,32 @@ def encode_log_probs(logp: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.nda
     is chosen so that the decoded row is normalised exactly (in float64), which spares
     every reader a log-sum-exp pass over the vocabulary.
     """
-    import numpy as np
     import torch
 
     logp = logp.double()
-    finite = torch.isfinite(logp)
-    top = logp.amax(dim=1)
-    low = torch.where(finite, logp, torch.full_like(logp, float("inf"))).amin(dim=1)
+    top = logp.amax(dim=1, keepdim=True)
+    masked = bool(logp.numel()) and bool(logp.amin() == float("-inf"))
+    if masked:
+        finite = torch.isfinite(logp)
+        low = torch.where(finite, logp, torch.full_like(logp, float("inf")))
+        low = low.amin(dim=1, keepdim=True)
+    else:
+        low = logp.amin(dim=1, keepdim=True)
     step = (top - low) / (_LEVELS - 1)
     step = torch.where(step > 0, step, torch.ones_like(step))  # a flat row: every code is 1
-    codes = torch.round((logp - low[:, None]) / step[:, None]) + 1
-    codes = torch.where(finite, codes, torch.zeros_like(codes))
-    raw = torch.where(finite, (low - step)[:, None] + step[:, None] * codes, logp)
-    base = (low - step) - torch.logsumexp(raw, dim=1)
+    inv = 1.0 / step
+    # round((logp - low) / step) + 1, as one fused pass and one in-place rounding
+    codes = torch.addcmul(1.0 - low * inv, logp, inv).round_()
+    if masked:
+        codes = codes.masked_fill_(~finite, 0.0)
+    raw = torch.addcmul(low - step, codes, step)
+    if masked:
+        raw = raw.masked_fill_(~finite, float("-inf"))
+    base = (low - step) - torch.logsumexp(raw, dim=1, keepdim=True)
     return (
-        codes.to(torch.int32).cpu().numpy().astype(np.uint16),
-        base.cpu().numpy(),
-        step.cpu().numpy(),
+        codes.to(torch.int32).cpu().numpy().astype("uint16"),
+        base[:, 0].cpu().numpy(),
+        step[:, 0].cpu().numpy(),
     )
 
 
@@ -185,7 +195,7 @@ def write_reference(
                 side["step"].append(step)
                 t = tgt[lo : lo + rows].unsqueeze(1)
                 side["target_logp"].append(logp.gather(1, t).squeeze(1).numpy())
-                side["top"].append(logp.argmax(dim=-1).numpy().astype(np.int64))
+                side["top"].append(first_argmax(logits[lo : lo + rows]).numpy().astype(np.int64))
             targets.append(tgt.numpy().astype(np.int64))
             row += w.n_scored
     codes.flush()
