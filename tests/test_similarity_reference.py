@@ -88,6 +88,7 @@ def stored(fp32_logits: torch.Tensor, targets: torch.Tensor) -> StoredReference:
         target_logp=logp.gather(1, targets[:, None])[:, 0].numpy(),
         top=logp.argmax(1).numpy(),
         targets=targets.numpy(),
+        masked=(codes == 0).any(1),
     )
 
 

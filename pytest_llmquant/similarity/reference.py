@@ -130,6 +130,7 @@ class StoredReference:
     target_logp: np.ndarray  # (N,) float64, exact
     top: np.ndarray  # (N,) int64, exact
     targets: np.ndarray  # (N,) int64
+    masked: np.ndarray  # (N,) bool: the row has a -inf log-prob (code 0)
 
     def __len__(self) -> int:
         return int(self.codes.shape[0])
@@ -143,8 +144,7 @@ class StoredReference:
 
     def has_masked(self, lo: int, hi: int) -> bool:
         """Whether rows ``lo:hi`` have a ``-inf`` log-prob (a masked vocabulary entry)."""
-        part = self.codes[lo:hi]
-        return bool(part.size) and int(part.min()) == 0
+        return bool(self.masked[lo:hi].any())
 
     def rows(self, lo: int, hi: int) -> StoredReference:
         return StoredReference(*(getattr(self, name)[lo:hi] for name in self.__dataclass_fields__))
@@ -168,7 +168,9 @@ def write_reference(
 
     n_tokens = sum(w.n_scored for w in plan)
     codes: Any = None
-    side: dict[str, list[np.ndarray]] = {k: [] for k in ("base", "step", "target_logp", "top")}
+    side: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("base", "step", "target_logp", "top", "masked")
+    }
     targets = []
     row = 0
     with torch.inference_mode():
@@ -194,6 +196,7 @@ def write_reference(
                 codes[row + lo : row + lo + len(c)] = c
                 side["base"].append(base)
                 side["step"].append(step)
+                side["masked"].append((c == 0).any(axis=1))
                 t = tgt[lo : lo + rows].unsqueeze(1)
                 side["target_logp"].append(logp.gather(1, t).squeeze(1).numpy())
                 side["top"].append(first_argmax(logits[lo : lo + rows]).numpy().astype(np.int64))
@@ -207,6 +210,7 @@ def write_reference(
         step=np.concatenate(side["step"]),
         target_logp=np.concatenate(side["target_logp"]),
         top=np.concatenate(side["top"]),
+        masked=np.concatenate(side["masked"]),
         targets=np.concatenate(targets),
     )
 
@@ -214,9 +218,12 @@ def write_reference(
 def read_reference(entry: Path) -> StoredReference:
     import numpy as np
 
-    codes = np.load(entry / _CODES, mmap_mode="r", allow_pickle=False)
+    # a plain ndarray view of the memory map: slicing a np.memmap costs a Python hook per slice
+    codes = np.load(entry / _CODES, mmap_mode="r", allow_pickle=False).view(np.ndarray)
     with np.load(entry / _ROWS, allow_pickle=False) as rows:
-        side = {k: rows[k] for k in ("base", "step", "target_logp", "top", "targets")}
+        side = {k: rows[k] for k in ("base", "step", "target_logp", "top", "targets", "masked")}
+    if side["masked"].dtype != np.bool_ or any(len(v) != len(codes) for v in side.values()):
+        raise ValueError("the side arrays do not fit the log-probs")
     return StoredReference(codes=codes, **side)
 
 
