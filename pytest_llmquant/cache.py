@@ -154,3 +154,42 @@ class ModelCache:
                     shutil.rmtree(tmp, ignore_errors=True)
             self.builds += 1
             return entry
+
+    def discard(self, namespace: str, identity: str, problem: str) -> None:
+        """Delete an entry whose files pass their checksums but whose content its reader
+        rejects (say, a shape that does not fit), warning once; the next
+        :meth:`get_or_build` builds it again."""
+        from filelock import FileLock
+
+        entry = self.entry_path(namespace, identity)
+        with FileLock(str(entry) + ".lock"):
+            warn_once(f"cache entry for {identity} {problem}; rebuilding it")
+            shutil.rmtree(entry, ignore_errors=True)
+
+    def prune(self, namespace: str, keep: Callable[[dict[str, Any]], bool]) -> int:
+        """Delete the entries of ``namespace`` whose manifest ``keep`` rejects (say, ones
+        made from a model file that no longer exists); an entry being built or checked by
+        another process (its lock held) is left alone, and lock files are kept (deleting
+        one under a waiting process would let two hold "the" lock). Returns how many
+        entries were deleted."""
+        from filelock import FileLock, Timeout
+
+        removed = 0
+        folder = self.root / namespace
+        if not folder.is_dir():
+            return 0
+        for manifest_path in folder.glob(f"*/{MANIFEST}"):
+            entry = manifest_path.parent
+            try:
+                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # get_or_build deals with broken entries of its own identity
+            if keep(manifest):
+                continue
+            try:
+                with FileLock(str(entry) + ".lock", timeout=0):
+                    shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+            except Timeout:
+                continue
+        return removed

@@ -235,9 +235,19 @@ class LlmqSession:
 
     # -- measurements, shared by markers, helpers and the suite -------------------------
     def similarity(self, pair: ModelPair) -> Any:
-        """Deterministic, so measured once per pair and shared by every gate that asks."""
+        """Deterministic, so measured once per pair and shared by every gate that asks.
+
+        The FP32 side comes from the cache dir's stored reference (computed and stored
+        on first use), unless the FP32 model or tokenizer is not the session's own
+        (a user fixture overrides it: then nothing says which model it is).
+        """
         from .evaltext import load_eval_text
-        from .similarity import DEFAULT_WINDOW, context_length, measure_similarity
+        from .similarity import (
+            DEFAULT_WINDOW,
+            ReferenceStore,
+            context_length,
+            measure_similarity,
+        )
 
         key = ("similarity", *pair.key)
         if key not in self.measurements:
@@ -246,6 +256,18 @@ class LlmqSession:
             # shorter context), chosen here so that the window recorded is the one used
             contexts = [c for c in (context_length(pair.fp32), context_length(pair.int8)) if c]
             window = min([DEFAULT_WINDOW, *contexts])
+            reference = None
+            loaded = self._fp32.get(pair.model_id)
+            source = next((s for s in self.sources if s.spec == pair.model_id), None)
+            if (
+                source is not None
+                and isinstance(loaded, tuple)
+                and loaded[0] is pair.fp32
+                and loaded[1] is pair.tokenizer
+            ):
+                reference = ReferenceStore.for_source(
+                    self.cache, source, pair.fp32, label=pair.label
+                )
             result = measure_similarity(
                 pair.fp32,
                 pair.int8,
@@ -254,6 +276,7 @@ class LlmqSession:
                 n_tokens=self.settings.eval_tokens,
                 window=window,
                 progress=self.progress(),
+                reference=reference,
             )
             # what the numbers were measured on, so a baseline can refuse to compare
             # numbers from another text or setting (see baseline.compare)

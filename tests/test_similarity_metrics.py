@@ -265,23 +265,59 @@ def test_token_stats_concatenate_in_order():
 
 @pytest.mark.parametrize("window", [2, 7, 64, 512])
 @pytest.mark.parametrize("n_tokens", [100, 257, 2048])
-def test_windows_score_each_token_once_with_at_least_half_a_window_of_context(window, n_tokens):
+def test_windows_score_each_token_once_after_a_context_only_prefix(window, n_tokens):
     plan = plan_windows(10_000, n_tokens, window)
+    prefix = min(64, window // 2)
     scored = [i for w in plan for i in range(10_000)[w.targets]]
-    first = window // 2 + 1
-    assert scored == list(range(first, first + n_tokens))  # contiguous, no overlap, exact
+    assert scored == list(range(prefix + 1, prefix + 1 + n_tokens))  # contiguous, exact
     for w in plan:
         assert w.stop - w.start <= window  # never longer than the window
-        assert w.stop - w.start - w.n_scored == window // 2  # first half is context only
+        assert w.stop - w.start - w.n_scored == prefix  # the prefix is context only
+        # position j of the window predicts token start + j + 1 from j + 1 tokens of text:
+        # the first scored one sees the prefix and itself
+        first_context = w.targets.start - w.start
+        assert first_context == prefix + 1
         assert w.targets.stop <= 10_000
 
 
-def test_windows_need_the_scored_tokens_plus_half_a_window():
-    assert len(plan_windows(2048 + 256 + 1, 2048, 512)) == 8
+@pytest.mark.parametrize("prefix", [1, 64, 256, 511])
+def test_every_prefix_keeps_the_scored_span_and_the_context_guarantee(prefix):
+    plan = plan_windows(10_000, 2048, 512, prefix)
+    scored = [i for w in plan for i in range(10_000)[w.targets]]
+    assert scored == list(range(prefix + 1, prefix + 1 + 2048))
+    assert all(w.stop - w.start - w.n_scored == prefix for w in plan)
+    assert len(plan) == math.ceil(2048 / (512 - prefix))  # fewest windows that fit
+
+
+def test_half_a_window_of_prefix_is_llama_cpps_plan():
+    # llama.cpp scores the second half of each window: 8 windows of 512 for 2,048 tokens
+    plan = plan_windows(10_000, 2048, 512, prefix=256)
+    assert [(w.start, w.stop, w.n_scored) for w in plan] == [
+        (256 * i, 256 * i + 512, 256) for i in range(8)
+    ]
+
+
+def test_the_default_plan_needs_far_fewer_token_forwards():
+    default = plan_windows(10_000, 2048, 512)
+    llama = plan_windows(10_000, 2048, 512, prefix=256)
+    forwards = sum(w.stop - w.start for w in default)
+    assert len(default) == 5 and forwards == 2048 + 5 * 64 == 2368
+    assert sum(w.stop - w.start for w in llama) == 4096
+
+
+def test_a_prefix_outside_the_window_is_refused():
+    with pytest.raises(ValueError, match="prefix must be between 1 and window - 1"):
+        plan_windows(10_000, 100, 64, prefix=64)
+    with pytest.raises(ValueError, match="prefix must be between 1 and window - 1"):
+        plan_windows(10_000, 100, 64, prefix=0)
+
+
+def test_windows_need_the_scored_tokens_plus_the_prefix():
+    assert len(plan_windows(2048 + 64 + 1, 2048, 512)) == 5
     with pytest.raises(LlmqUsageError) as info:
-        plan_windows(2048 + 256, 2048, 512)
+        plan_windows(2048 + 64, 2048, 512)
     assert str(info.value) == (
-        "evaluation text has only 2304 tokens, 2305 needed for --llmq-eval-tokens=2048; "
+        "evaluation text has only 2112 tokens, 2113 needed for --llmq-eval-tokens=2048; "
         "pass a longer --llmq-eval-text or lower --llmq-eval-tokens"
     )
 
@@ -376,7 +412,7 @@ def test_windows_never_exceed_the_model_context_and_score_exactly_n_tokens(gpt2)
     with forward_lengths(short) as lengths:
         result = measure_similarity(short, short, tok, text=TEXT, n_tokens=150, prompts=())
     assert result.n_tokens == 150 and len(result.kld_values) == 150
-    assert max(lengths) == 64  # default window = min(context, 512)
+    assert max(lengths) == 64  # default window = min(context, 512), prefix 32
     assert len(lengths) == 2 * 5  # ceil(150 / 32) windows, each run by both models
 
     with forward_lengths(short) as lengths:
@@ -389,8 +425,8 @@ def test_the_default_window_is_512_tokens_when_the_context_is_longer(gpt2):
     long = small_gpt2(tok, n_positions=1024)
     assert similarity.context_length(long) == 1024
     with forward_lengths(long) as lengths:
-        measure_similarity(long, long, tok, text=TEXT, n_tokens=300, prompts=())
-    assert lengths == [512, 512, 300, 300]  # 256 context + 256 scored, then 256 + 44
+        measure_similarity(long, long, tok, text=TEXT, n_tokens=600, prompts=())
+    assert lengths == [512, 512, 216, 216]  # 64 context + 448 scored, then 64 + 152
 
 
 def test_an_explicit_window_shorter_than_the_context_is_used_as_given(gpt2):

@@ -7,9 +7,9 @@ result here can be read against the many published llama.cpp tables:
 * **KLD** per scored token, ``sum_v p_v (log p_v - log q_v)`` over the whole
   vocabulary, ``p`` the FP32 softmax and ``q`` the INT8 one. It sees every change of
   the distribution, not only changes of the chosen token, which is why it is the
-  gate's main number. (llama.cpp stores the base log-probs in 16 bits and skips
-  entries with ``log p < -16``; we keep float64 and sum every entry, so results on
-  near-identical models can differ from llama.cpp's in the last printed digits.)
+  gate's main number. Every vocabulary entry is summed (llama.cpp skips entries with
+  ``log p < -16``), so results on near-identical models can differ from llama.cpp's
+  in the last printed digits.
 * **same top**: fraction of tokens where both models' argmax agree.
 * **PPL** of each model on the text, and their ratio ``PPL(INT8) / PPL(FP32)``.
 * **RMS Δp**: root mean square of ``q(target) - p(target)``.
@@ -27,32 +27,50 @@ logits loses the small probabilities that KLD is made of), one window at a time,
 so that only per-token numbers are kept: the logits of 2,048 tokens x 49k vocabulary
 in float64 would be 800 MB.
 
+Scored tokens: windows of 512 tokens whose first 64 are context only (llama.cpp scores
+only the second half of each window; see :mod:`.windows` for why 64 and what it changes).
+The FP32 side can be cached, as llama.cpp's ``--kl-divergence-base`` does: its
+log-probs in 16 bits (only KLD reads them; on SmolLM2 that moves it by 4e-5 of its value),
+the target log-prob and argmax exactly (:mod:`.reference`).
+
 - :mod:`.metrics`: the per-token numbers and their summary (:class:`SimilarityResult`);
-- :mod:`.measure`: running both models over the text in windows (:func:`measure_similarity`).
+- :mod:`.windows`: which tokens each forward pass reads and scores (:func:`plan_windows`);
+- :mod:`.measure`: running both models over the text in windows (:func:`measure_similarity`);
+- :mod:`.reference`: the stored FP32 reference (:class:`ReferenceStore`);
+- :mod:`.forward`, :mod:`.greedy`: one forward pass; greedy continuations and their match.
 """
 
 from __future__ import annotations
 
-from .measure import (
-    DEFAULT_WINDOW,
-    Window,
-    context_length,
-    greedy_match,
-    measure_similarity,
-    plan_windows,
+from .forward import context_length
+from .greedy import greedy_match
+from .measure import measure_similarity
+from .metrics import (
+    MIN_TOKENS,
+    SimilarityResult,
+    TokenStats,
+    reference_token_stats,
+    summarize,
+    token_stats,
 )
-from .metrics import MIN_TOKENS, SimilarityResult, TokenStats, summarize, token_stats
+from .reference import ReferenceStore, StoredReference
+from .windows import DEFAULT_PREFIX, DEFAULT_WINDOW, Window, default_prefix, plan_windows
 
 __all__ = [
+    "DEFAULT_PREFIX",
     "DEFAULT_WINDOW",
     "MIN_TOKENS",
+    "ReferenceStore",
     "SimilarityResult",
+    "StoredReference",
     "TokenStats",
     "Window",
     "context_length",
+    "default_prefix",
     "greedy_match",
     "measure_similarity",
     "plan_windows",
+    "reference_token_stats",
     "summarize",
     "token_stats",
 ]
