@@ -20,14 +20,28 @@ PROMPTS = ["The capital of France is", "def fib(n):\n    return", "Ünïcode ✓
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory, smollm2_available: None) -> Any:
-    """(directory written by the fast converter, the progress lines it gave)."""
+    """(directory written by the fast converter, the progress lines it gave, how many times
+    it parsed the GGUF metadata with transformers' GGUFReader-based parser)."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
     from pytest_llmquant.schemes.gguf_fp32 import convert_gguf_to_fp32
     from pytest_llmquant.sources import resolve
 
     said: list[str] = []
+    parses: list[str] = []
+    original = gguf_utils.load_gguf_checkpoint
+
+    def counted(path: Any, *args: Any, **kwargs: Any) -> Any:
+        parses.append(str(path))
+        return original(path, *args, **kwargs)
+
     directory = tmp_path_factory.mktemp("fast-fp32")
-    convert_gguf_to_fp32(resolve("smollm2-135m").location, directory, progress=said.append)
-    return directory, said
+    gguf_utils.load_gguf_checkpoint = counted
+    try:
+        convert_gguf_to_fp32(resolve("smollm2-135m").location, directory, progress=said.append)
+    finally:
+        gguf_utils.load_gguf_checkpoint = original
+    return directory, said, parses
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +65,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, smollm2_available: None)
 def loaded(converted: Any) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    directory, _ = converted
+    directory = converted[0]
     model = AutoModelForCausalLM.from_pretrained(directory, dtype="float32", use_safetensors=True)
     return model.eval(), AutoTokenizer.from_pretrained(directory)
 
@@ -89,7 +103,7 @@ def test_config_is_the_one_transformers_builds(reference: Any, loaded: Any) -> N
 
 
 def test_tokenizer_files_are_identical(reference: Any, converted: Any) -> None:
-    directory, _ = converted
+    directory = converted[0]
     reference_dir: Path = reference[2]
     names = sorted(p.name for p in reference_dir.iterdir())
     assert "tokenizer.json" in names
@@ -97,14 +111,20 @@ def test_tokenizer_files_are_identical(reference: Any, converted: Any) -> None:
         assert (directory / name).read_bytes() == (reference_dir / name).read_bytes(), name
 
 
+def test_the_slow_metadata_parse_runs_once_for_config_and_tokenizer(converted: Any) -> None:
+    assert len(converted[2]) == 1
+
+
 def test_progress_names_each_step(converted: Any) -> None:
-    _, said = converted
+    said = converted[1]
     assert said[0] == "reading the GGUF config"
     assert "dequantizing GGUF tensors to FP32: 1 of 272" in said
     assert said[-2:] == ["writing FP32 safetensors", "converting the GGUF tokenizer"]
 
 
-def test_a_truncated_file_fails_before_any_slow_parse(tmp_path: Path, smollm2_available: None) -> None:
+def test_a_truncated_file_fails_before_any_slow_parse(
+    tmp_path: Path, smollm2_available: None
+) -> None:
     from pytest_llmquant.schemes.gguf_fp32 import convert_gguf_to_fp32
     from pytest_llmquant.schemes.gguf_header import GGUFFormatError
     from pytest_llmquant.sources import resolve

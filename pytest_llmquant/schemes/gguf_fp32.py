@@ -21,16 +21,51 @@ and tokenizer files to the ``from_pretrained(gguf_file=...)`` route.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .gguf_header import read_header
+from .gguf_header import GGUFHeader, read_header
 from .gguf_transformers import weights_map
 
 
 def _quiet(text: str) -> None:
     """The progress callback when nobody watches."""
+
+
+@contextmanager
+def _metadata_parsed_once() -> Iterator[None]:
+    """Let the config and the tokenizer share one parse of the GGUF metadata.
+
+    ``load_gguf_checkpoint(return_tensors=False)`` reads the header with ``GGUFReader``,
+    which makes numpy views of every tokenizer string (~3.5 s of CPU for SmolLM2 on this
+    project's CI machine), and ``AutoTokenizer.from_pretrained(gguf_file=...)`` calls it
+    again only to learn the model type. For the length of the conversion, the module
+    attribute both look up is a memo of the metadata-only call (each caller gets its own
+    copy); tensor loads go to the original. Should transformers stop looking it up there,
+    the memo is simply not used: the conversion is slower, not different.
+    """
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.load_gguf_checkpoint
+    parsed: dict[str, Any] = {}
+
+    def once(path: Any, return_tensors: bool = False, *args: Any, **kwargs: Any) -> Any:
+        if return_tensors or args or kwargs:
+            return original(path, return_tensors, *args, **kwargs)
+        key = os.path.realpath(path)
+        if key not in parsed:
+            parsed[key] = original(path, return_tensors=False)
+        return copy.deepcopy(parsed[key])
+
+    gguf_utils.load_gguf_checkpoint = once  # type: ignore[assignment]  # same call, fewer forms
+    try:
+        yield
+    finally:
+        gguf_utils.load_gguf_checkpoint = original
 
 
 def convert_gguf_to_fp32(
@@ -48,26 +83,27 @@ def convert_gguf_to_fp32(
     ``ValueError`` for a truncated or corrupt file (``GGUFFormatError``) or an architecture
     transformers cannot load, ``OSError`` when the file cannot be read.
     """
-    import numpy as np
-    import torch
-    from gguf.quants import dequantize
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.modeling_gguf_pytorch_utils import (
-        TENSOR_PROCESSORS,
-        TensorProcessor,
-        load_gguf_checkpoint,
-    )
-
     say = progress or _quiet
     path = Path(path)
     header = read_header(path)  # fast, and a truncated file fails here, before the slow parse
+    with _metadata_parsed_once():
+        _convert(header, path, Path(directory), say)
+
+
+def _convert(header: GGUFHeader, path: Path, directory: Path, say: Callable[[str], None]) -> None:
+    import numpy as np
+    import torch
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from gguf.quants import dequantize
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     arch = str(header.fields.get("general.architecture") or "")
     say("reading the GGUF config")
-    parsed = load_gguf_checkpoint(str(path), return_tensors=False)["config"]
+    parsed = gguf_utils.load_gguf_checkpoint(str(path), return_tensors=False)["config"]
     config = AutoConfig.for_model(**parsed)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=parsed)
+    processor = gguf_utils.TENSOR_PROCESSORS.get(arch, gguf_utils.TensorProcessor)(config=parsed)
     mapping = weights_map(model, processor)
     made: dict[str, dict[str, Any]] = {"tensors": {}}
     total = len(header.tensors)
@@ -91,7 +127,7 @@ def convert_gguf_to_fp32(
             f"the GGUF file has no tensor for {len(left)} of the model's weights (e.g. {left[0]})"
         )
     say("writing FP32 safetensors")
-    model.save_pretrained(Path(directory), safe_serialization=True)
+    model.save_pretrained(directory, safe_serialization=True)
     say("converting the GGUF tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    tokenizer.save_pretrained(Path(directory))
+    tokenizer.save_pretrained(directory)
