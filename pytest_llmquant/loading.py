@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,54 +123,51 @@ def _check_causal(location: str, source: ModelSource, kwargs: dict[str, Any]) ->
         )
 
 
-def load_pretrained(
-    location: str,
-    source: ModelSource,
-    *,
-    trust_remote_code: bool,
-    gguf_file: str | None = None,
-    dtype: str = "float32",
-) -> tuple[Any, Any]:
+@contextmanager
+def _quiet_and_explained(source: ModelSource) -> Iterator[None]:
+    """transformers' warnings and info lines are noise in a test run; the failures users
+    cause become one :class:`LlmqUsageError` line (see :func:`_explain`)."""
     import warnings
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
-    else:
-        kwargs["use_safetensors"] = True
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _check_causal(location, source, kwargs)
-            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
-            kwargs.pop("use_safetensors", None)
-            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+            yield
     except (OSError, ValueError, ImportError, KeyError, RuntimeError) as exc:
         raise _explain(exc, source) from None
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def load_pretrained(
+    location: str,
+    source: ModelSource,
+    *,
+    trust_remote_code: bool,
+    dtype: str = "float32",
+    check_causal: bool = True,
+) -> tuple[Any, Any]:
+    """Model and tokenizer from safetensors. ``check_causal=False`` only for a directory this
+    plugin wrote itself (a cache entry), whose architecture was checked when it was made."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
+    with _quiet_and_explained(source):
+        if check_causal:
+            _check_causal(location, source, kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
+        kwargs.pop("use_safetensors", None)
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
     return model, tokenizer
 
 
 def _gguf_fingerprint(path: str) -> dict[str, Any]:
     st = os.stat(path)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, **library_versions()}
-
-
-def _forget_gguf_quantizer(model: Any) -> None:
-    """transformers dequantizes GGUF to float32 on load but keeps a 'gguf' quantizer that makes
-    save_pretrained refuse; the weights are plain float32, so drop that marker."""
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    for attr in ("is_quantized", "quantization_method"):
-        if attr in vars(model):
-            delattr(model, attr)
 
 
 def _load_gguf_cached(
@@ -178,22 +177,23 @@ def _load_gguf_cached(
     progress: Progress | None,
     dtype: str,
 ) -> tuple[Any, Any]:
-    """GGUF dequantization costs ~15-30 s; do it once and keep FP32 safetensors."""
+    """Converting a GGUF costs seconds (see :mod:`.schemes.gguf_fp32`); do it once and keep
+    FP32 safetensors, which later sessions memory-map."""
 
     def build(directory: Path) -> None:
+        from .schemes.gguf_fp32 import convert_gguf_to_fp32
+
         if progress is not None:
             progress.note(
                 f"converting {source.gguf_name} to FP32 safetensors, once (cached in {cache.root})"
             )
-        model, tokenizer = load_pretrained(
-            source.gguf_dir, source, gguf_file=source.gguf_name, trust_remote_code=trust_remote_code
-        )
-        _forget_gguf_quantizer(model)
-        model.save_pretrained(directory, safe_serialization=True)
-        tokenizer.save_pretrained(directory)
+        with _quiet_and_explained(source):
+            convert_gguf_to_fp32(source.location, directory, progress=progress)
 
     entry = cache.get_or_build("fp32", source.location, _gguf_fingerprint(source.location), build)
-    return load_pretrained(str(entry), source, trust_remote_code=False, dtype=dtype)
+    return load_pretrained(
+        str(entry), source, trust_remote_code=False, dtype=dtype, check_causal=False
+    )
 
 
 def _finish(model: Any, tokenizer: Any, device: str) -> tuple[Any, Any]:
