@@ -98,7 +98,7 @@ class LlmqSession:
 
     @classmethod
     def from_config(cls, config: pytest.Config, settings: Settings) -> LlmqSession:
-        from .schemes import DEFAULT_SCHEME, check_name
+        from .schemes import check_name, default_scheme
 
         def checked(name: str, check: Any, value: Any) -> Any:
             try:
@@ -110,7 +110,7 @@ class LlmqSession:
 
         checked("device", check_available, settings.device)
         sources = [checked("model", resolve, s) for s in settings.model]
-        schemes = list(settings.scheme) or [DEFAULT_SCHEME]
+        schemes = list(settings.scheme) or [default_scheme()]
         for s in schemes:
             checked("scheme", check_name, s)
         if settings.int8_model:

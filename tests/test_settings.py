@@ -25,10 +25,15 @@ def test_defaults_without_ini_or_cli(pytester: pytest.Pytester, monkeypatch) -> 
     pytester.makepyfile(SHOW)
     result = pytester.runpytest_inprocess("-s")
     result.assert_outcomes(passed=1)
-    from pytest_llmquant.schemes import DEFAULT_SCHEME
+    from pytest_llmquant.schemes import default_scheme
 
     result.stdout.fnmatch_lines(
-        [f"*SCHEMES ?'{DEFAULT_SCHEME}'?", "THREADS * default", "DEVICE cpu", "MAXKL 0.01 default"]
+        [
+            f"*SCHEMES ?'{default_scheme()}'?",
+            "THREADS * default",
+            "DEVICE cpu",
+            "MAXKL 0.01 default",
+        ]
     )
 
 
@@ -204,3 +209,16 @@ def test_cuda_without_a_gpu_exits_4_in_one_line(pytester: pytest.Pytester) -> No
     assert len(lines) == 1
     assert "--llmq-device=cuda: no CUDA device is visible here" in lines[0]
     assert "pass --llmq-device=cpu" in lines[0] and "set on the command line" in lines[0]
+
+
+def test_without_the_kernel_the_default_is_the_torch_int8_scheme(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the C kernel cannot run, the default scheme is the one that stays fast there,
+    under its own name (so its baselines never mix with the kernel scheme's)."""
+    from pytest_llmquant.schemes import DEFAULT_SCHEME, NO_KERNEL_SCHEME, default_scheme
+
+    monkeypatch.setenv("LLMQ_INT8_KERNEL", "0")
+    assert default_scheme() == NO_KERNEL_SCHEME != DEFAULT_SCHEME
+    pytester.makepyfile(SHOW)
+    pytester.runpytest_inprocess("-s").stdout.fnmatch_lines([f"*SCHEMES ?'{NO_KERNEL_SCHEME}'?"])

@@ -150,9 +150,9 @@ def _model(args: dict[str, Any], mode: str) -> tuple[Any, Any, dict[str, Any]]:
         extra["int8_gguf"] = str(args["int8_gguf"])
     else:
         from ..int8.build import build_int8
-        from ..schemes import DEFAULT_SCHEME
+        from ..schemes import default_scheme
 
-        scheme = str(args.get("scheme") or DEFAULT_SCHEME)
+        scheme = str(args.get("scheme") or default_scheme())
         int8_model, coverage = build_int8(model, scheme, device=device)
         extra["scheme"] = scheme
         extra["coverage"] = str(coverage)

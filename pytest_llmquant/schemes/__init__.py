@@ -26,6 +26,19 @@ REGISTRY: dict[str, str] = {
 #: speedup at mean KLD 0.0011 and 98.6% same-top. ``dynamic-int8`` (the seed's recipe) is
 #: 1.8x at mean KLD 1.13, so it stays available by name only.
 DEFAULT_SCHEME = "weight-only-int8"
+#: The default where weight-only-int8's C kernel cannot be built or is disabled (macOS,
+#: arm64, no compiler, LLMQ_INT8_KERNEL=0): its torch fallback runs at 0.38x of FP32 on
+#: SmolLM2, while this one uses torch's own int8 op (README, "INT8 schemes"). Its numbers
+#: differ, so it has its own name and baselines never mix the two.
+NO_KERNEL_SCHEME = "weight-only-int8-bf16"
+
+
+def default_scheme() -> str:
+    """The scheme a run uses when --llmq-scheme is not given; decided without torch and
+    without building anything, so it can run at start-up."""
+    from .kernels import kernel_unavailable_reason
+
+    return DEFAULT_SCHEME if kernel_unavailable_reason() is None else NO_KERNEL_SCHEME
 
 
 def names() -> list[str]:
