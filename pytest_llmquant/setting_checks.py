@@ -35,12 +35,17 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+def _number_or_nan(value: Any) -> float:
+    """NaN for anything that is not a number: every range check below then refuses it."""
+    try:
+        return _number(value)
+    except ValueError:
+        return math.nan
+
+
 def positive_number(value: Any) -> float:
     """A finite number > 0 (a bound on KLD, a ratio, a speedup, seconds)."""
-    try:
-        number = _number(value)
-    except ValueError:
-        number = math.nan
+    number = _number_or_nan(value)
     if not (math.isfinite(number) and number > 0):
         raise ValueError("must be a finite number > 0")
     return number
@@ -48,10 +53,7 @@ def positive_number(value: Any) -> float:
 
 def non_negative_number(value: Any) -> float:
     """A finite number >= 0 (a number of standard errors: 0 turns a check off)."""
-    try:
-        number = _number(value)
-    except ValueError:
-        number = math.nan
+    number = _number_or_nan(value)
     if not (math.isfinite(number) and number >= 0):
         raise ValueError("must be a finite number >= 0")
     return number
@@ -59,10 +61,7 @@ def non_negative_number(value: Any) -> float:
 
 def fraction(value: Any) -> float:
     """A share in (0, 1] (top-1 agreement)."""
-    try:
-        number = _number(value)
-    except ValueError:
-        number = math.nan
+    number = _number_or_nan(value)
     if not (0 < number <= 1):
         raise ValueError("must be a finite number in (0, 1]")
     return number

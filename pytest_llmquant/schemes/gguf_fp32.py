@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .gguf_header import GGUFHeader, read_header
-from .gguf_transformers import weights_map
+from .gguf_transformers import dequantize_into, weights_map
 
 
 def _quiet(text: str) -> None:
@@ -91,10 +91,8 @@ def convert_gguf_to_fp32(
 
 
 def _convert(header: GGUFHeader, path: Path, directory: Path, say: Callable[[str], None]) -> None:
-    import numpy as np
     import torch
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
-    from gguf.quants import dequantize
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     arch = str(header.fields.get("general.architecture") or "")
@@ -109,14 +107,7 @@ def _convert(header: GGUFHeader, path: Path, directory: Path, say: Callable[[str
     total = len(header.tensors)
     for i, tensor in enumerate(header.tensors, 1):
         say(f"dequantizing GGUF tensors to FP32: {i} of {total}")
-        result = processor.process(
-            weights=dequantize(tensor.data, tensor.qtype),
-            name=tensor.name,
-            tensor_key_mapping=mapping,
-            parsed_parameters=made,
-        )
-        if result.name in mapping:
-            made["tensors"][mapping[result.name]] = torch.from_numpy(np.copy(result.weights))
+        dequantize_into(processor, tensor, mapping, made)
     tensors = {name: t.to(torch.float32) for name, t in made["tensors"].items()}
     model.load_state_dict(tensors, strict=False, assign=True)
     del tensors, made

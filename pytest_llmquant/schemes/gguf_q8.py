@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LlmqUsageError
 from .gguf_transformers import (
+    dequantize_into,
     hparams_from_header,
     row_order,
     transformers_architecture,
@@ -196,9 +197,7 @@ class _Loaded:
 def _read_tensors(header: GGUFHeader, path: str | Path, model: Any, processor: Any) -> _Loaded:
     """Turn each GGUF tensor into an int8 layer (Q8_0 weights of linear layers) or a float32
     tensor (everything else, processed exactly as transformers' GGUF loader does)."""
-    import numpy as np
     import torch
-    from gguf.quants import dequantize
     from torch import nn
 
     from . import get_scheme
@@ -239,18 +238,9 @@ def _read_tensors(header: GGUFHeader, path: str | Path, model: Any, processor: A
             ):
                 out.q8_embedding = tensor
         made: dict[str, dict[str, torch.Tensor]] = {"tensors": {}}
-        result = processor.process(
-            weights=dequantize(tensor.data, tensor.qtype),
-            name=tensor.name,
-            tensor_key_mapping=mapping,
-            parsed_parameters=made,
-        )
-        if result.name in mapping:
-            made["tensors"][mapping[result.name]] = torch.from_numpy(
-                np.array(result.weights, dtype=np.float32)
-            )
+        processed = dequantize_into(processor, tensor, mapping, made)
         for hf_name, value in made["tensors"].items():
-            check_shape(result.name or tensor.name, hf_name, tuple(value.shape))
+            check_shape(processed, hf_name, tuple(value.shape))
             out.floats[hf_name] = value.to(torch.float32)
     return out
 

@@ -113,3 +113,26 @@ def weights_map(model: nn.Module, processor: Any) -> dict[str, str]:
 
     top = _Level(model, [(n, _Level(c, [])) for n, c in model.named_children()])
     return dict(get_gguf_hf_weights_map(top, processor))
+
+
+def dequantize_into(
+    processor: Any, tensor: Any, mapping: dict[str, str], made: dict[str, Any]
+) -> str:
+    """Dequantize one GGUF tensor and store it, float32, under its transformers name in
+    ``made["tensors"]``, exactly as transformers' GGUF loader processes it (renames,
+    Q/K row permutation); returns the tensor's processed GGUF name."""
+    import numpy as np
+    import torch
+    from gguf.quants import dequantize
+
+    result = processor.process(
+        weights=dequantize(tensor.data, tensor.qtype),
+        name=tensor.name,
+        tensor_key_mapping=mapping,
+        parsed_parameters=made,
+    )
+    if result.name in mapping:
+        made["tensors"][mapping[result.name]] = torch.from_numpy(
+            np.array(result.weights, dtype=np.float32)
+        )
+    return str(result.name or tensor.name)
