@@ -98,7 +98,7 @@ def test_bitsandbytes_layers_through_transformers(
 
 @pytest.mark.parametrize("scheme", ["weight-only-int8", "dynamic-int8", "smoothquant-w8a8"])
 def test_our_schemes_are_named_by_scheme(tiny_gpt2_dir: Path, scheme: str) -> None:
-    from pytest_llmquant.loading import build_int8, load_fp32
+    from pytest_llmquant import build_int8, load_fp32
 
     fp32, _ = load_fp32(str(tiny_gpt2_dir))
     int8, cov = build_int8(fp32, scheme)

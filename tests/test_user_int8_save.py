@@ -159,7 +159,7 @@ def test_quanto_through_transformers_which_cannot_save_it(llama_dir: Path, tmp_p
 def test_our_scheme_is_saved_with_its_recipe(
     tiny_gpt2_dir: Path, tmp_path: Path, scheme: str
 ) -> None:
-    from pytest_llmquant.loading import build_int8
+    from pytest_llmquant import build_int8
 
     model, _ = build_int8(load(tiny_gpt2_dir), scheme)
     outcome = save_int8(model, tmp_path / "int8")
