@@ -40,6 +40,12 @@ def generation_target(model: Any, tokenizer: Any, new_tokens: int, device: str =
     return run
 
 
+def _median_key(pair: Any, precision: str, new_tokens: int) -> tuple[str, str, str]:
+    """Where a median is kept for the speedup: with the token count, so that a speedup is
+    only ever computed from two runs of the same length."""
+    return (pair.label, f"{precision}, {new_tokens} tokens", pair.scheme)
+
+
 class LlmqBenchmark:
     """What the ``llmq_benchmark`` fixture gives: ``run("fp32")`` or ``run("int8")``."""
 
@@ -50,8 +56,16 @@ class LlmqBenchmark:
         self.new_tokens = new_tokens
 
     def run(
-        self, precision: str, *, rounds: int = ROUNDS, warmup_rounds: int = WARMUP_ROUNDS
+        self,
+        precision: str,
+        *,
+        rounds: int = ROUNDS,
+        warmup_rounds: int = WARMUP_ROUNDS,
+        new_tokens: int | None = None,
     ) -> Any:
+        """Time ``rounds`` generations of ``new_tokens`` (default ``--llmq-new-tokens``)
+        tokens after ``warmup_rounds`` untimed ones; what was timed goes into ``extra_info``
+        so that a comparison between runs with other settings is visibly apples to pears."""
         from .loading import library_versions
 
         if precision not in ("fp32", "int8"):
@@ -63,11 +77,17 @@ class LlmqBenchmark:
                 "pytest-benchmark is disabled here (it turns itself off under xdist and "
                 "with --benchmark-disable); run without -n to record timings"
             )
+        if rounds < 1 or warmup_rounds < 0 or (new_tokens is not None and new_tokens < 1):
+            raise ValueError(
+                f"need rounds >= 1, warmup_rounds >= 0 and new_tokens >= 1; got {rounds}, "
+                f"{warmup_rounds} and {new_tokens}"
+            )
+        tokens = self.new_tokens if new_tokens is None else new_tokens
         pair = self.pair
         model = pair.fp32 if precision == "fp32" else pair.int8
         bench = self.benchmark
         bench.group = pair.label
-        target = generation_target(model, pair.tokenizer, self.new_tokens, pair.device)
+        target = generation_target(model, pair.tokenizer, tokens, pair.device)
         result = bench.pedantic(target, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
         stats = getattr(bench, "stats", None)
         median = stats.stats.median if stats is not None and getattr(stats, "stats", None) else None
@@ -77,16 +97,19 @@ class LlmqBenchmark:
             "precision": precision,
             "device": pair.device,
             "threads": pair.threads,
-            "new_tokens": self.new_tokens,
+            "new_tokens": tokens,
+            "rounds": rounds,
+            "warmup_rounds": warmup_rounds,
             "coverage": str(pair.coverage),
             **library_versions(),
         }
         if median:
-            info["ms_per_token"] = 1000 * median / self.new_tokens
-            info["tokens_per_s"] = self.new_tokens / median
-            self.session.benchmark_medians[(pair.label, precision, pair.scheme)] = median
-            other = self.session.benchmark_medians.get(
-                (pair.label, "fp32" if precision == "int8" else "int8", pair.scheme)
+            info["ms_per_token"] = 1000 * median / tokens
+            info["tokens_per_s"] = tokens / median
+            medians = self.session.benchmark_medians
+            medians[_median_key(pair, precision, tokens)] = median
+            other = medians.get(
+                _median_key(pair, "fp32" if precision == "int8" else "int8", tokens)
             )
             if other:
                 fp32_s, int8_s = (median, other) if precision == "fp32" else (other, median)

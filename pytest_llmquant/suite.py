@@ -8,6 +8,7 @@ safe for M. A check that cannot run in this setup skips and says why.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,38 @@ PROMPT_MAX_KL = 0.5
 #: FP32's top token must stay within INT8's top-k (exact top-1 agreement on *every*
 #: prompt is not a property even a good INT8 model has: ~97% is excellent).
 PROMPT_TOP_K = 5
+#: prompts per forward pass (and per hypothesis example) of prompt_property
+PROMPT_BATCH = 5
+#: the suite's pytest-benchmark entries: a cheap, fixed workload (stated in extra_info),
+#: unless --llmq-new-tokens is set explicitly. A full benchmark is a user test calling
+#: ``llmq_benchmark.run("int8")`` (five rounds of --llmq-new-tokens tokens).
+BENCHMARK_ROUNDS = 3
+BENCHMARK_NEW_TOKENS = 8
 
 
 def _inputs(pair: Any) -> Any:
     from .evaltext import EVAL_PROMPTS
 
     return pair.tokenizer(list(EVAL_PROMPTS[:3]), return_tensors="pt", padding=True).to(pair.device)
+
+
+def _once(session: Any, pair: Any, what: str, compute: Any) -> Any:
+    """``compute()`` once per pair and session: two checks that need the same deterministic
+    output of the same model (INT8 logits on the fixed prompts, a greedy run) share it."""
+    key = ("suite", what, *pair.key)
+    if key not in session.measurements:
+        session.measurements[key] = compute()
+    return session.measurements[key]
+
+
+def _int8_logits(session: Any, pair: Any) -> Any:
+    import torch
+
+    def compute() -> Any:
+        with torch.inference_mode():
+            return pair.int8(**_inputs(pair)).logits
+
+    return _once(session, pair, "int8 logits", compute)
 
 
 def loads(fp32_model: Any, int8_model: Any) -> None:
@@ -53,16 +80,15 @@ def coverage(llmq_pair: Any) -> None:
     assert cov.complete, f"{llmq_pair.name}: {cov}"
 
 
-def finite(llmq_pair: Any) -> None:
+def finite(llmq_pair: Any, llmq_session: Any) -> None:
     """No NaN or inf in the logits of either model."""
     import torch
 
-    inputs = _inputs(llmq_pair)
     with torch.inference_mode():
-        for precision, model in (("FP32", llmq_pair.fp32), ("INT8", llmq_pair.int8)):
-            logits = model(**inputs).logits
-            bad = int((~torch.isfinite(logits)).sum())
-            assert bad == 0, f"{precision} logits of {llmq_pair.name} have {bad} NaN/inf values"
+        fp32 = llmq_pair.fp32(**_inputs(llmq_pair)).logits
+    for precision, logits in (("FP32", fp32), ("INT8", _int8_logits(llmq_session, llmq_pair))):
+        bad = int((~torch.isfinite(logits)).sum())
+        assert bad == 0, f"{precision} logits of {llmq_pair.name} have {bad} NaN/inf values"
 
 
 @pytest.mark.quant_similarity()
@@ -80,7 +106,7 @@ def memory(llmq_pair: Any) -> None:
     """The memory gate on weights (--llmq-min-memory-ratio)."""
 
 
-def round_trip(llmq_pair: Any, tmp_path: Path) -> None:
+def round_trip(llmq_pair: Any, llmq_session: Any, tmp_path: Path) -> None:
     """save -> fresh load of the INT8 model gives identical logits: the seed's broken
     save_pretrained step, done right."""
     import torch
@@ -95,10 +121,9 @@ def round_trip(llmq_pair: Any, tmp_path: Path) -> None:
         )
     scheme.save(llmq_pair.int8, tmp_path / "int8")
     reloaded = scheme.load(tmp_path / "int8", device=llmq_pair.device)
-    inputs = _inputs(llmq_pair)
+    a = _int8_logits(llmq_session, llmq_pair)
     with torch.inference_mode():
-        a = llmq_pair.int8(**inputs).logits
-        b = reloaded(**inputs).logits
+        b = reloaded(**_inputs(llmq_pair)).logits
     assert torch.equal(a, b), (
         f"reloaded INT8 logits differ by up to {(a - b).abs().max().item():.3g}"
     )
@@ -125,68 +150,117 @@ def _greedy(pair: Any, new_tokens: int = 12) -> Any:
     return out[0, ids["input_ids"].shape[1] :]
 
 
-def determinism(llmq_pair: Any) -> None:
+def determinism(llmq_pair: Any, llmq_session: Any) -> None:
     """Two INT8 greedy runs give identical tokens."""
-    first, second = _greedy(llmq_pair), _greedy(llmq_pair)
+    first = _once(llmq_session, llmq_pair, "greedy", lambda: _greedy(llmq_pair))
+    second = _greedy(llmq_pair)
     assert first.tolist() == second.tolist()
 
 
-def generation(llmq_pair: Any) -> None:
+def generation(llmq_pair: Any, llmq_session: Any) -> None:
     """The INT8 output is non-empty and decodes to text."""
-    tokens = _greedy(llmq_pair)
+    tokens = _once(llmq_session, llmq_pair, "greedy", lambda: _greedy(llmq_pair))
     text = llmq_pair.tokenizer.decode(tokens, skip_special_tokens=True)
     assert tokens.numel() > 0 and text.strip(), f"INT8 generated no text: {text!r}"
 
 
-def next_token_divergence(pair: Any, prompt: str) -> tuple[float, int, int, list[int]]:
-    """KL(FP32 || INT8) of the next token after ``prompt``, both top tokens, INT8's top-k."""
+def _prompt_ids(pair: Any, prompt: str) -> Any:
+    """The prompt's token ids (1-D), fitted to the context; EOS (or 0) for an empty one."""
     import torch
 
     from .context import fit_to_context
 
-    ids = fit_to_context(pair.tokenizer(prompt, return_tensors="pt"), pair.fp32)["input_ids"]
-    ids = ids.to(pair.device)
-    if ids.shape[1] == 0:
-        ids = torch.tensor([[pair.tokenizer.eos_token_id or 0]], device=pair.device)
+    ids = fit_to_context(pair.tokenizer(prompt, return_tensors="pt"), pair.fp32)["input_ids"][0]
+    if ids.shape[0] == 0:
+        ids = torch.tensor([pair.tokenizer.eos_token_id or 0])
+    return ids
+
+
+def next_token_divergences(
+    pair: Any, prompts: Sequence[str]
+) -> list[tuple[float, int, int, list[int]]]:
+    """For each prompt: KL(FP32 || INT8) of the next token, both top tokens, INT8's top-k.
+
+    All prompts go through each model in one forward pass. They are padded on the right,
+    so each is read as if alone (a causal model never attends to the padding after a
+    token) and scored at its own last token; only the float summation order of the
+    batched matrix products differs from one-prompt passes.
+    """
+    import torch
+
+    rows = [_prompt_ids(pair, p) for p in prompts]
+    lengths = torch.tensor([len(r) for r in rows])
+    pad = pair.tokenizer.pad_token_id
+    ids = torch.full((len(rows), int(lengths.max())), 0 if pad is None else pad)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = row, 1
+    ids, mask = ids.to(pair.device), mask.to(pair.device)
+    last = (torch.arange(len(rows)), lengths - 1)
     with torch.inference_mode():
-        p = torch.log_softmax(pair.fp32(ids).logits[0, -1].double(), -1)
-        q = torch.log_softmax(pair.int8(ids).logits[0, -1].double(), -1)
-    kld = float((p.exp() * (p - q)).sum())
-    return kld, int(p.argmax()), int(q.argmax()), q.topk(PROMPT_TOP_K).indices.tolist()
+        p = torch.log_softmax(pair.fp32(ids, attention_mask=mask).logits[last].double(), -1)
+        q = torch.log_softmax(pair.int8(ids, attention_mask=mask).logits[last].double(), -1)
+    kld = (p.exp() * (p - q)).sum(-1)
+    topk = q.topk(PROMPT_TOP_K, dim=-1).indices
+    return [
+        (float(kld[i]), int(p[i].argmax()), int(q[i].argmax()), topk[i].tolist())
+        for i in range(len(rows))
+    ]
+
+
+def next_token_divergence(pair: Any, prompt: str) -> tuple[float, int, int, list[int]]:
+    """KL(FP32 || INT8) of the next token after ``prompt``, both top tokens, INT8's top-k."""
+    return next_token_divergences(pair, [prompt])[0]
 
 
 def prompt_property(llmq_pair: Any, request: pytest.FixtureRequest) -> None:
     """For any prompt (hypothesis), the next-token KLD stays below PROMPT_MAX_KL and FP32's
-    top token stays in INT8's top-5; a failure shows the shrunk prompt and both top tokens."""
+    top token stays in INT8's top-5; a failure shows the shrunk prompt and both top tokens.
+
+    Each hypothesis example is PROMPT_BATCH prompts checked in one forward pass per model,
+    and the profile's ``max_examples`` is divided by PROMPT_BATCH: as many prompts as one
+    per example, at about a third of the cost (an INT8 prompt pass dequantizes every
+    weight once, however many prompts it holds)."""
     from hypothesis import given, settings
+    from hypothesis import strategies as st
 
     from .strategies import PROFILE_NAME, prompts, register_profiles
 
     register_profiles()
     chosen = request.config.getoption("hypothesis_profile", default=None)
     profile = settings.get_profile(chosen or PROFILE_NAME)
+    examples = max(1, -(-profile.max_examples // PROMPT_BATCH))
     tok = llmq_pair.tokenizer
+    batches = st.lists(prompts(max_size=60), min_size=PROMPT_BATCH, max_size=PROMPT_BATCH)
 
-    @settings(profile)
-    @given(prompt=prompts(max_size=60))
-    def check(prompt: str) -> None:
-        kld, top_fp32, top_int8, topk = next_token_divergence(llmq_pair, prompt)
-        assert kld <= PROMPT_MAX_KL and top_fp32 in topk, (
-            f"prompt {prompt!r}: next-token KLD {kld:.3g} (bound {PROMPT_MAX_KL}); FP32 top "
-            f"{tok.decode([top_fp32])!r} vs INT8 top {tok.decode([top_int8])!r}"
-        )
+    @settings(profile, max_examples=examples)
+    @given(batch=batches)
+    def check(batch: list[str]) -> None:
+        for prompt, found in zip(batch, next_token_divergences(llmq_pair, batch), strict=True):
+            kld, top_fp32, top_int8, topk = found
+            assert kld <= PROMPT_MAX_KL and top_fp32 in topk, (
+                f"prompt {prompt!r}: next-token KLD {kld:.3g} (bound {PROMPT_MAX_KL}); FP32 top "
+                f"{tok.decode([top_fp32])!r} vs INT8 top {tok.decode([top_int8])!r}"
+            )
 
     check()
 
 
-def benchmark_fp32(llmq_benchmark: Any) -> None:
-    """FP32 generation timing, recorded as a pytest-benchmark entry."""
-    llmq_benchmark.run("fp32")
+def _suite_benchmark(llmq_benchmark: Any, llmq_session: Any, precision: str) -> None:
+    explicit = llmq_session.settings.origin.get("new_tokens", "default") != "default"
+    tokens = llmq_benchmark.new_tokens if explicit else BENCHMARK_NEW_TOKENS
+    llmq_benchmark.run(precision, rounds=BENCHMARK_ROUNDS, new_tokens=tokens)
 
 
-def benchmark_int8(llmq_benchmark: Any) -> None:
-    """INT8 generation timing, recorded as a pytest-benchmark entry."""
-    llmq_benchmark.run("int8")
+def benchmark_fp32(llmq_benchmark: Any, llmq_session: Any) -> None:
+    """FP32 generation timing, recorded as a pytest-benchmark entry (BENCHMARK_ROUNDS rounds
+    of BENCHMARK_NEW_TOKENS tokens unless --llmq-new-tokens is given; see extra_info)."""
+    _suite_benchmark(llmq_benchmark, llmq_session, "fp32")
+
+
+def benchmark_int8(llmq_benchmark: Any, llmq_session: Any) -> None:
+    """INT8 generation timing, recorded as a pytest-benchmark entry (as benchmark_fp32)."""
+    _suite_benchmark(llmq_benchmark, llmq_session, "int8")
 
 
 class SuiteModule(pytest.Module):
