@@ -288,6 +288,9 @@ class LlmqSession:
                 "device": pair.device,
             }
             self.measurements[key] = result
+            from .memory.heap import give_back_freed_memory
+
+            give_back_freed_memory()
         return self.measurements[key]
 
     def speedup(self, pair: ModelPair, threshold: float) -> Any:

@@ -149,3 +149,38 @@ def test_rejects_what_it_cannot_quantize(bad: Any) -> None:
 def test_rejects_bad_group_size(group_size: Any) -> None:
     with pytest.raises(ValueError):
         quantize_per_channel(torch.ones(2, 4), group_size)
+
+
+@PROPS
+@given(w=weights(min_side=1), group_size=group_sizes, slab=st.integers(1, 64))
+def test_a_big_weight_quantized_a_slab_of_rows_at_a_time_is_bit_identical(
+    w: np.ndarray, group_size: int | None, slab: int
+) -> None:
+    """Rows are independent, so bounding the float64 scratch by quantizing a few rows at a
+    time (what a 28M-weight lm_head gets) changes no bit of q or of the scales."""
+    whole_q, whole_s = quantize_per_channel(torch.from_numpy(w), group_size)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(int8_math, "_CHUNK_ELEMENTS", slab)
+        q, s = quantize_per_channel(torch.from_numpy(w), group_size)
+    assert torch.equal(q, whole_q) and torch.equal(s, whole_s)
+
+
+@PROPS
+@given(
+    rows=st.integers(1, 23),
+    groups=st.integers(1, 3),
+    group_size=st.sampled_from([32, 64]),
+    slab=st.integers(1, 400),
+)
+def test_packing_a_slab_of_rows_at_a_time_gives_the_same_bytes(
+    rows: int, groups: int, group_size: int, slab: int
+) -> None:
+    """Blocks of 4 rows are packed independently, so packing a big weight a slab at a time
+    (to keep the reshaping copies small) writes exactly the bytes of one whole pass."""
+    gen = torch.Generator().manual_seed(rows * 1000 + slab)
+    w = torch.randn(rows, groups * group_size, generator=gen)
+    q, scales = quantize_per_channel(w, group_size)
+    whole = int8_math.pack_rows(q, scales, group_size)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(int8_math, "_PACK_SLAB_ELEMENTS", slab)
+        assert torch.equal(int8_math.pack_rows(q, scales, group_size), whole)

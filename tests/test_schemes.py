@@ -289,6 +289,29 @@ def test_unpack_f32_kernel_matches_dequantize(lib):
     assert torch.equal(layer.dequantized_weight(), dequantize(q, scales, 64))
 
 
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_a_big_layer_computes_a_prompt_a_slab_of_rows_at_a_time(monkeypatch, lib, bias):
+    """A prompt through a big layer never dequantizes the whole weight at once, and the
+    slabs (the last one short, rows not a multiple of 4) give the whole-weight GEMM's
+    numbers up to float32 summation order."""
+    linear = torch.nn.Linear(64, 37, bias=bias)
+    layer = wo.WeightOnlyInt8Linear.from_linear(linear, 32)
+    x = _rand(12, 64, seed=5)
+    whole = torch.nn.functional.linear(x, layer.dequantized_weight(), layer.bias)
+    seen: list[int] = []
+    unpack = kernels.unpack_f32
+
+    def spy(packed, out, n, k, block):
+        seen.append(n)
+        unpack(packed, out, n, k, block)
+
+    monkeypatch.setattr("pytest_llmquant.schemes.weight_only_linear._SLAB_ELEMENTS", 8 * 64)
+    monkeypatch.setattr(kernels, "unpack_f32", spy)
+    got = layer(x)
+    assert seen == [8, 8, 8, 8, 5]
+    torch.testing.assert_close(got, whole, rtol=1e-6, atol=1e-6)
+
+
 def test_fallback_warns_once_and_computes_the_same(monkeypatch, lib, restore_kernel):
     linear = torch.nn.Linear(64, 24)
     layer = wo.WeightOnlyInt8Linear.from_linear(linear, 32)

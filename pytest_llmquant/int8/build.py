@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LlmqModelError, LlmqUsageError
 from ..layers import Coverage, coverage, linear_like_layers
+from ..memory.heap import give_back_freed_memory
 from .origin import Int8Origin, from_model
 
 if TYPE_CHECKING:
@@ -92,7 +93,9 @@ def build_int8(
     work = private_copy(fp32_model, share_float_weights=quant.shares_float_weights)
     quant.prepare(work, calibration)
     int8_model = quant.quantize(work)
-    return int8_model, _checked(fp32_model, int8_model, before, repr(scheme), label)
+    checked = _checked(fp32_model, int8_model, before, repr(scheme), label)
+    give_back_freed_memory()
+    return int8_model, checked
 
 
 @dataclass

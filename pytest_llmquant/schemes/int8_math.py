@@ -78,14 +78,32 @@ def quantize_per_channel(
         raise ValueError("quantize_per_channel expects a 2-D floating tensor (rows, cols)")
     rows, cols = w.shape
     g = _check_group(cols, group_size)
-    w64 = w.detach().to(torch.float64)
-    if not bool(torch.isfinite(w64).all()):
+    if not bool(torch.isfinite(w).all()):
         raise ValueError("quantize_per_channel got a non-finite weight (inf or nan)")
     if cols == 0:
         return (
             torch.zeros(rows, 0, dtype=torch.int8, device=w.device),
             torch.full((rows, 1), _MIN_SCALE, dtype=torch.float32, device=w.device),
         )
+    step = max(1, _CHUNK_ELEMENTS // cols)
+    if rows <= step:
+        return _quantize_rows(w, g)
+    q = torch.empty(rows, cols, dtype=torch.int8, device=w.device)
+    scales = torch.empty(rows, n_groups(cols, group_size), dtype=torch.float32, device=w.device)
+    for i in range(0, rows, step):  # into place: no list of parts fragmenting the heap
+        q[i : i + step], scales[i : i + step] = _quantize_rows(w[i : i + step], g)
+    return q, scales
+
+
+#: rows are quantized independently, so a big weight is done a slab of rows at a time: the
+#: float64 scratch stays ~4 x 8 MB instead of 4 x 8 bytes per weight (~0.9 GB of peak RSS
+#: for SmolLM2's 28M-weight lm_head), with bit-identical results
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def _quantize_rows(w: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, cols = w.shape
+    w64 = w.detach().to(torch.float64)
     blocks, pad = _blocks(w64, g)
     amax = blocks.abs().amax(dim=-1)
     # the scale is rounded to float32 *before* q is chosen, so q is optimal for the
@@ -237,6 +255,27 @@ def pack_rows(q: torch.Tensor, scales: torch.Tensor, group_size: int | None) -> 
     rows, cols = q.shape
     if not packable(rows, cols, group_size):
         raise ValueError(f"shape {(rows, cols)} with group_size={group_size} cannot be packed")
+    # blocks of 4 rows are packed independently: a big weight goes a slab at a time into
+    # its place, so the reshaping copies stay small (~4 MB) instead of ~3x the weight
+    slab = max(PACK_ROWS, (_PACK_SLAB_ELEMENTS // cols) // PACK_ROWS * PACK_ROWS)
+    if rows <= slab:
+        return _pack_block_rows(q, scales, group_size)
+    g = cols if group_size is None else group_size
+    per_block = (cols // g) * (4 * PACK_ROWS + PACK_ROWS * g)
+    out = torch.empty(-(-rows // PACK_ROWS) * per_block, dtype=torch.uint8, device=q.device)
+    for r0 in range(0, rows, slab):
+        part = _pack_block_rows(q[r0 : r0 + slab], scales[r0 : r0 + slab], group_size)
+        start = r0 // PACK_ROWS * per_block
+        out[start : start + part.numel()] = part
+    return out
+
+
+#: rows x columns packed at once by :func:`pack_rows`
+_PACK_SLAB_ELEMENTS = 1 << 22
+
+
+def _pack_block_rows(q: torch.Tensor, scales: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    rows, cols = q.shape
     g = cols if group_size is None else group_size
     n_groups_, chunks = cols // g, g // PACK_CHUNK
     blocks = -(-rows // PACK_ROWS)

@@ -25,6 +25,7 @@ from torch import nn
 
 from . import kernels
 from .int8_math import (
+    PACK_ROWS,
     dequantize,
     n_groups,
     pack_rows,
@@ -36,6 +37,8 @@ from .int8_math import (
 #: Up to this many tokens per call the C kernel runs (decode, small batches); above it
 #: the weight is dequantized and the float32 GEMM runs (prompt processing).
 KERNEL_MAX_TOKENS = 8
+#: a prompt through a layer of more weights than this is computed a slab of rows at a time
+_SLAB_ELEMENTS = 1 << 21
 
 
 class WeightOnlyInt8Linear(nn.Module):
@@ -170,6 +173,15 @@ class WeightOnlyInt8Linear(nn.Module):
         n, k = self.out_features, self.in_features
         lead = x.shape[:-1]
         m = lead.numel()
+        if (
+            m > KERNEL_MAX_TOKENS
+            and self.packed is not None
+            and n * k > _SLAB_ELEMENTS
+            and x.dtype is torch.float32
+            and x.device.type == "cpu"
+            and kernels.available()
+        ):
+            return self._prefill_by_slabs(x.reshape(m, k).contiguous()).reshape(*lead, n)
         if m > KERNEL_MAX_TOKENS or x.device.type != "cpu" or m == 0 or not kernels.available():
             w = self.dequantized_weight(x.dtype).to(x.device)
             return nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
@@ -181,6 +193,26 @@ class WeightOnlyInt8Linear(nn.Module):
             assert self.weight_int8 is not None and self.scales is not None
             kernels.wo_gemm(self.weight_int8, self.scales, x2, self.bias, y, n, k, self.block)
         return y.reshape(*lead, n).to(x.dtype)
+
+    def _prefill_by_slabs(self, x2: torch.Tensor) -> torch.Tensor:
+        """The prompt GEMM a slab of rows at a time, each dequantized into one reused
+        buffer: a big layer (SmolLM2's lm_head is 28M weights) never has a whole float32
+        copy (113 MB) alive, which is most of the suite's transient memory."""
+        assert self.packed is not None
+        n, k = self.out_features, self.in_features
+        slab = max(PACK_ROWS, (_SLAB_ELEMENTS // k) // PACK_ROWS * PACK_ROWS)
+        per_block = kernels.packed_nbytes(PACK_ROWS, k, self.block)
+        w = torch.empty(slab, k, dtype=torch.float32)
+        y = torch.empty(x2.shape[0], n, dtype=torch.float32)
+        for r0 in range(0, n, slab):
+            r = min(slab, n - r0)
+            first = r0 // PACK_ROWS * per_block
+            part = self.packed[first : first + kernels.packed_nbytes(r, k, self.block)]
+            kernels.unpack_f32(part, w[:r], r, k, self.block)
+            y[:, r0 : r0 + r] = x2 @ w[:r].t()
+        if self.bias is not None:
+            y += self.bias
+        return y
 
     def extra_repr(self) -> str:
         return (
