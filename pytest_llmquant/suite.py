@@ -107,8 +107,8 @@ def memory(llmq_pair: Any) -> None:
 
 
 def round_trip(llmq_pair: Any, llmq_session: Any, tmp_path: Path) -> None:
-    """save -> fresh load of the INT8 model gives identical logits: the seed's broken
-    save_pretrained step, done right."""
+    """save -> fresh load of the INT8 model gives identical logits: what a user ships is
+    what was gated."""
     import torch
 
     from .schemes import get_scheme
