@@ -366,3 +366,23 @@ def test_the_identity_in_warnings_says_what_the_entry_is(gpt2, tiny_gpt2_dir: Pa
         r"\(float32 on cpu, key [0-9a-f]{16}\)",
         identity,
     )
+
+
+def test_the_codes_file_reads_exactly_the_rows_asked_for(tmp_path: Path) -> None:
+    """Rows are read from the file per slice (a memory map would keep every page it
+    touched in RSS): any slice equals the saved array's, and a short file is refused."""
+    from pytest_llmquant.similarity.codes_file import CodesFile
+
+    codes = np.random.default_rng(0).integers(0, 65535, size=(13, 7), dtype=np.uint16)
+    np.save(tmp_path / "codes.npy", codes)
+    stored = CodesFile(tmp_path / "codes.npy")
+    assert stored.shape == (13, 7) and len(stored) == 13
+    for lo, hi in [(0, 13), (3, 4), (5, 11), (12, 20), (7, 7)]:
+        assert np.array_equal(stored[lo:hi], codes[lo:hi]), (lo, hi)
+    data = (tmp_path / "codes.npy").read_bytes()
+    (tmp_path / "short.npy").write_bytes(data[:-2])
+    with pytest.raises(ValueError, match="truncated"):
+        CodesFile(tmp_path / "short.npy")
+    np.save(tmp_path / "floats.npy", codes.astype(np.float32))
+    with pytest.raises(ValueError, match="uint16"):
+        CodesFile(tmp_path / "floats.npy")

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
     from ..cache import ModelCache
     from ..sources import ModelSource
+    from .codes_file import CodesFile
 
 #: Bump when what is stored, or how, changes: old entries then stop matching.
 FORMAT = 1
@@ -120,11 +121,11 @@ def decode_log_probs(codes: Any, base: Any, step: Any) -> torch.Tensor:
 class StoredReference:
     """Rows of a stored reference: :class:`~.metrics.ReferenceRows` for the measurement.
 
-    The arrays may be read-only memory maps of the cache entry; :meth:`rows` slices
-    without copying.
+    Read from the cache entry, ``codes`` is a :class:`~.codes_file.CodesFile`: one
+    window's rows are read from the file when :meth:`rows` slices them.
     """
 
-    codes: np.ndarray  # (N, V) uint16
+    codes: np.ndarray | CodesFile  # (N, V) uint16; read a slice of rows at a time
     base: np.ndarray  # (N,) float64
     step: np.ndarray  # (N,) float64
     target_logp: np.ndarray  # (N,) float64, exact
@@ -218,8 +219,9 @@ def write_reference(
 def read_reference(entry: Path) -> StoredReference:
     import numpy as np
 
-    # a plain ndarray view of the memory map: slicing a np.memmap costs a Python hook per slice
-    codes = np.load(entry / _CODES, mmap_mode="r", allow_pickle=False).view(np.ndarray)
+    from .codes_file import CodesFile
+
+    codes = CodesFile(entry / _CODES)
     with np.load(entry / _ROWS, allow_pickle=False) as rows:
         side = {k: rows[k] for k in ("base", "step", "target_logp", "top", "targets", "masked")}
     if side["masked"].dtype != np.bool_ or any(len(v) != len(codes) for v in side.values()):
