@@ -217,8 +217,11 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}
-#: the default memory threshold against a bfloat16/float16 reference (2.0 against float32)
-HALF_PRECISION_MIN_MEMORY_RATIO = 1.5
+#: the default memory threshold against a bfloat16/float16 reference (2.0 against float32).
+#: int8 + scales is ~1.1 bytes a weight, embeddings stay 16-bit and a tied lm_head gets its
+#: own int8 copy: SmolLM2-135M's weight-only-int8 is 1.29x smaller than its bfloat16 weights
+#: (measured; 2.03x against float32), a model with half its linear layers left 16-bit ~1.06x
+HALF_PRECISION_MIN_MEMORY_RATIO = 1.25
 
 
 def addoptions(parser: pytest.Parser) -> None:
@@ -337,7 +340,7 @@ def resolve(config: pytest.Config) -> Settings:
     if values["reference_dtype"] is None:  # what a user deploys instead of INT8 there
         values["reference_dtype"] = "bfloat16" if values["device"].startswith("cuda") else "float32"
     if origin["min_memory_ratio"] == "default" and values["reference_dtype"] != "float32":
-        # int8 + scales is ~1.1 bytes a weight: 2x of a 16-bit reference is out of reach
+        # 2x of a 16-bit reference is out of reach (see HALF_PRECISION_MIN_MEMORY_RATIO)
         values["min_memory_ratio"] = HALF_PRECISION_MIN_MEMORY_RATIO
     return Settings(**values, origin=origin)
 

@@ -197,6 +197,27 @@ def test_the_reference_is_what_users_deploy_on_that_device(
     assert s.reference_dtype == "float16"
 
 
+@pytest.mark.parametrize(
+    ("dtype", "given", "expected"),
+    [
+        ("float32", None, 2.0),
+        ("bfloat16", None, 1.25),
+        ("float16", None, 1.25),
+        ("float16", "1.8", 1.8),
+    ],
+)
+def test_the_default_memory_bound_follows_the_reference_precision(
+    monkeypatch: pytest.MonkeyPatch, dtype: str, given: str | None, expected: float
+) -> None:
+    """INT8 is ~1/4 of float32 weights but only ~1/2 of 16-bit ones (less with embeddings
+    kept 16-bit): the unasked bound follows the reference; an asked one is kept."""
+    from pytest_llmquant.settings import resolve
+
+    monkeypatch.delenv("PYTEST_LLMQ_MIN_MEMORY_RATIO", raising=False)
+    s = resolve(FakeConfig(llmq_reference_dtype=dtype, llmq_min_memory_ratio=given))  # type: ignore[arg-type]
+    assert s.min_memory_ratio == expected
+
+
 def test_cuda_without_a_gpu_exits_4_in_one_line(pytester: pytest.Pytester) -> None:
     import torch
 
