@@ -17,7 +17,7 @@ memory gate on weights) and reports:
 Random weights make the quality numbers meaningless (near-uniform next-token
 distributions); what this measures is memory and time at 8x SmolLM2's size.
 
-    python benchmarks/bigger_model.py [--tokens 512] [--threads 2] [--keep DIR]
+    python benchmarks/bigger_model.py [--tokens 2048] [--threads 2] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -115,7 +115,9 @@ def run_gates(model_dir: Path, work: Path, tokens: int, threads: int) -> dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=int, default=512, help="scored tokens (default 512)")
+    parser.add_argument(
+        "--tokens", type=int, default=2048, help="scored tokens (default 2048, the gate's own)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--keep", type=Path, help="build into (or reuse) this directory")
     parser.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)
