@@ -39,7 +39,11 @@ def test_the_suite_gates_int8_against_a_16_bit_reference(
     # the summary's reference column, and the memory gate's default bound for a 16-bit
     # reference (INT8 weights are half of 16-bit ones, not a quarter)
     result.stdout.re_match_lines(
-        [rf"metric\s+{label}\s+INT8\s+ratio", r"memory \(weights\)\s+269\.\d MB\s+.*≥ 1\.25x\s+ok"]
+        [
+            rf"smollm2-135m: {label} loaded in [\d.]+ s \(FP32 weights from the cache\)",
+            rf"metric\s+{label}\s+INT8\s+ratio",
+            r"memory \(weights\)\s+269\.\d MB\s+.*≥ 1\.25x\s+ok",
+        ]
     )
     data = json.loads(report.read_text(encoding="utf-8"))
     [pair] = data["pairs"].values()

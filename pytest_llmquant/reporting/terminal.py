@@ -8,11 +8,15 @@ from ..verdicts import format_table
 
 
 def write_terminal_summary(tr: Any, session: Any) -> None:
+    from ..session import REFERENCE_LABELS
+
     tr.write_sep("=", "pytest-llmquant summary")
+    dtype = session.settings.reference_dtype
+    reference = REFERENCE_LABELS.get(dtype, dtype)  # the precision the reference was loaded in
     for spec, seconds in session.load_times.items():
         note = session.load_notes.get(spec)
         tr.write_line(
-            f"{session.label_of(spec)}: FP32 loaded in {seconds:.1f} s"
+            f"{session.label_of(spec)}: {reference} loaded in {seconds:.1f} s"
             + (f" ({note})" if note else "")
         )
     for name, cov in session.coverages.items():
