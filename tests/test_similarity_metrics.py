@@ -8,7 +8,6 @@ vectorised formula) with :mod:`pytest_llmquant.similarity`.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import statistics
@@ -337,13 +336,9 @@ def gpt2(tiny_gpt2_dir: Path):
 
 @pytest.fixture(scope="module")
 def perturbed(gpt2):
-    model, _ = gpt2
-    copy_ = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in copy_.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=gen))
-    return copy_
+    from tiny_models import perturbed_copy
+
+    return perturbed_copy(gpt2[0], 0.05)
 
 
 @contextlib.contextmanager

@@ -135,12 +135,9 @@ def gpt2(tiny_gpt2_dir: Path):
 
 @pytest.fixture(scope="module")
 def perturbed(gpt2):
-    copy_ = copy.deepcopy(gpt2[0])
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in copy_.parameters():
-            param.add_(0.01 * torch.randn(param.shape, generator=gen))
-    return copy_
+    from tiny_models import perturbed_copy
+
+    return perturbed_copy(gpt2[0], 0.01)
 
 
 @contextlib.contextmanager

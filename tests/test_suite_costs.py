@@ -97,3 +97,41 @@ def test_suite_benchmark_entries_say_what_they_timed(
         assert info["rounds"] == suite.BENCHMARK_ROUNDS == entry["stats"]["rounds"]
         assert info["warmup_rounds"] == 1
     assert entries["benchmark_int8"]["extra_info"]["speedup"] > 0  # same length: comparable
+
+
+class FakeBenchmark:
+    """pytest-benchmark's fixture as far as ``LlmqBenchmark.run`` uses it, with a fixed median."""
+
+    disabled = False
+
+    def __init__(self, median: float) -> None:
+        self.median, self.group, self.extra_info, self.stats = median, None, {}, None
+
+    def pedantic(self, target: Any, rounds: int, warmup_rounds: int, iterations: int) -> Any:
+        self.stats = SimpleNamespace(stats=SimpleNamespace(median=self.median))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"rounds": 0}, {"warmup_rounds": -1}, {"new_tokens": 0}], ids=str
+)
+def test_a_benchmark_of_no_rounds_or_tokens_is_refused_in_one_line(pair: Any, kwargs: Any) -> None:
+    from pytest_llmquant.benchmark import LlmqBenchmark
+
+    bench = LlmqBenchmark(FakeBenchmark(1.0), pair, SimpleNamespace(benchmark_medians={}), 8)
+    with pytest.raises(
+        ValueError, match=r"need rounds >= 1, warmup_rounds >= 0 and new_tokens >= 1"
+    ):
+        bench.run("int8", **kwargs)
+
+
+def test_a_speedup_is_only_computed_between_entries_of_the_same_length(pair: Any) -> None:
+    from pytest_llmquant.benchmark import LlmqBenchmark
+
+    session = SimpleNamespace(benchmark_medians={})
+    LlmqBenchmark(FakeBenchmark(2.0), pair, session, 8).run("fp32", rounds=1, new_tokens=8)
+    longer = FakeBenchmark(1.0)
+    LlmqBenchmark(longer, pair, session, 8).run("int8", rounds=1, new_tokens=16)
+    assert "speedup" not in longer.extra_info
+    same = FakeBenchmark(1.0)
+    LlmqBenchmark(same, pair, session, 8).run("int8", rounds=1, new_tokens=8)
+    assert same.extra_info["speedup"] == pytest.approx(2.0)

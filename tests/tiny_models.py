@@ -59,3 +59,18 @@ def make_tiny_gpt2(
     model = GPT2LMHeadModel(config).eval()
     model.save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+def perturbed_copy(model, scale: float, seed: int = 1):
+    """A deep copy of ``model`` with ``scale`` x N(0, 1) noise added to every parameter: a
+    stand-in for an INT8 model that differs from its reference by a known amount."""
+    import copy
+
+    import torch
+
+    noisy = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in noisy.parameters():
+            param.add_(scale * torch.randn(param.shape, generator=gen))
+    return noisy
