@@ -163,7 +163,8 @@ def test_borderline_runs_to_the_budget_and_is_close() -> None:
     fp32, int8 = borderline(1.5, pair_seconds=0.2)
     result, _, _ = run(fp32, int8, threshold=1.5, time_budget=3.1, warmup=0)
     assert result.close and result.stopped == "budget"
-    assert result.verdict in ("pass", "fail")
+    # a close call is settled on the point estimate (Hodges-Lehmann), with no interval
+    assert result.verdict == ("pass" if result.speedup >= 1.5 else "fail")
     # a pair that would end past the budget is not started: 15 pairs of 0.2 s = 3 s <= 3.1 s
     assert result.n_pairs == 15
     assert result.wall_s == pytest.approx(3.0)
@@ -409,7 +410,7 @@ def test_end_to_end_both_models_do_the_same_work(
         model, other, tok, threshold=1.0, prompts=prompts, new_tokens=5, threads=1,
         time_budget=1e9, warmup=3, min_pairs=12, max_pairs=12,
     )  # fmt: skip
-    assert result.n_pairs == 12 and result.verdict in ("pass", "fail")
+    assert result.n_pairs == 12  # the verdict is whatever real timings say: not checked here
     assert all(s > 0 for s in result.fp32_samples + result.int8_samples)
     assert spies["fp32"].calls == spies["int8"].calls  # identical work, call by call
     expected: list[tuple[int, int]] = []
