@@ -332,7 +332,7 @@ def test_changed_torch_version_is_noted() -> None:
     ("content", "expected"),
     [
         (None, "baseline file {p} does not exist; create it with --llmq-save-baseline={p} on a good run"),
-        ("{not json", "baseline file {p} is not valid JSON (line 1: Expecting property name enclosed in double quotes); re-create it with --llmq-save-baseline={p} on a good run"),
+        ("{not json", "baseline file {p} is not valid JSON (line {lineno}: {json_msg}); re-create it with --llmq-save-baseline={p} on a good run"),
         ('{"schema_version": 7, "pairs": {}}', "baseline file {p} is not a pytest-llmquant baseline (schema_version 7, expected 1); re-create it with --llmq-save-baseline={p} on a good run"),
         ("[1, 2]", "baseline file {p} is not a pytest-llmquant baseline (not a JSON object); re-create it with --llmq-save-baseline={p} on a good run"),
         ('{"schema_version": 1, "pairs": {"x": 3}}', "baseline file {p} is not a pytest-llmquant baseline (no 'pairs' object of per-pair metrics); re-create it with --llmq-save-baseline={p} on a good run"),
@@ -347,13 +347,32 @@ def test_load_baseline_errors_are_one_line(
         path.write_text(content)
     with pytest.raises(LlmqUsageError) as info:
         load_baseline(path)
-    assert str(info.value) == expected.format(p=path)
+    # where the JSON parser's own words go in, they are taken from the parser, not typed here
+    lineno, json_msg = _json_error(content) if content is not None else (0, "")
+    assert str(info.value) == expected.format(p=path, lineno=lineno, json_msg=json_msg)
     assert "\n" not in str(info.value)
 
 
+def _json_error(text: str) -> tuple[int, str]:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return exc.lineno, exc.msg
+    return 0, ""
+
+
 def test_load_baseline_reports_an_unreadable_file(tmp_path: Path) -> None:
-    with pytest.raises(LlmqUsageError, match=r"^cannot read baseline file .* \(Is a directory\)"):
+    """The reason is the OS's (strerror): read from the same failure, not typed here."""
+    try:
+        tmp_path.read_text()
+    except OSError as exc:
+        reason = exc.strerror
+    with pytest.raises(LlmqUsageError) as info:
         load_baseline(tmp_path)
+    assert str(info.value) == (
+        f"cannot read baseline file {tmp_path} ({reason}); create it with "
+        f"--llmq-save-baseline={tmp_path} on a good run"
+    )
 
 
 def test_hand_written_baseline_in_the_documented_shape_loads(tmp_path: Path) -> None:
