@@ -29,12 +29,12 @@ def main() -> None:
 
     import torch
 
-    from pytest_llmquant.cache import ModelCache
     from pytest_llmquant.evaltext import load_eval_text
     from pytest_llmquant.int8.build import build_int8
-    from pytest_llmquant.loading import load_fp32
+    from pytest_llmquant.models.cache import ModelCache
+    from pytest_llmquant.models.loading import load_fp32
+    from pytest_llmquant.models.sources import resolve
     from pytest_llmquant.similarity import ReferenceStore, measure_similarity
-    from pytest_llmquant.sources import resolve
 
     torch.set_num_threads(args.threads)
     fp32, tok = load_fp32(args.model)

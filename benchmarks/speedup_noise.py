@@ -173,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     import inspect
 
     from pytest_llmquant.errors import LlmqError
-    from pytest_llmquant.loading import load_fp32
+    from pytest_llmquant.models.loading import load_fp32
     from pytest_llmquant.schemes import get_scheme
-    from pytest_llmquant.stats import DEFAULT_CONFIDENCE
-    from pytest_llmquant.timing import format_speedup, measure_speedup
+    from pytest_llmquant.speed.stats import DEFAULT_CONFIDENCE
+    from pytest_llmquant.speed.timing import format_speedup, measure_speedup
 
     confidence = args.confidence if args.confidence is not None else DEFAULT_CONFIDENCE
     budget = args.budget

@@ -66,7 +66,7 @@ def assert_speedup(
     name: str = "INT8 model",
 ) -> Any:
     """Fail unless INT8 generation is at least ``min_speedup`` times faster (interleaved, with a CI)."""
-    from .timing import measure_speedup
+    from .speed.timing import measure_speedup
 
     _check("quant_speedup", {"min_speedup": min_speedup})
     result = measure_speedup(

@@ -243,7 +243,7 @@ def llmq_pair(
 def llmq_benchmark(benchmark: Any, llmq_pair: ModelPair, llmq_session: LlmqSession) -> Any:
     """Record FP32 or INT8 generation in pytest-benchmark: ``llmq_benchmark.run("int8")``.
     Group = model, extra_info = model, scheme, threads, ms/token, tokens/s, speedup, versions."""
-    from .benchmark import LlmqBenchmark
+    from .speed.benchmark import LlmqBenchmark
 
     return LlmqBenchmark(benchmark, llmq_pair, llmq_session, llmq_session.settings.new_tokens)
 

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .errors import LlmqError, LlmqUsageError
+from .models.sources import ModelSource, resolve, unique_labels
 from .settings import Settings, set_where
-from .sources import ModelSource, resolve, unique_labels
 
 if TYPE_CHECKING:
-    from .cache import ModelCache
     from .int8.build import Int8Built
     from .int8.origin import Int8Origin
     from .layers import Coverage
+    from .models.cache import ModelCache
     from .progress import Progress
 
 SESSION_KEY = pytest.StashKey["LlmqSession"]()
@@ -106,7 +106,7 @@ class LlmqSession:
             except LlmqUsageError as exc:
                 raise LlmqUsageError(f"{exc} ({set_where(settings, name)})") from None
 
-        from .devices import check_available
+        from .models.devices import check_available
 
         checked("device", check_available, settings.device)
         sources = [checked("model", resolve, s) for s in settings.model]
@@ -146,7 +146,7 @@ class LlmqSession:
     @property
     def cache(self) -> ModelCache:
         if self._cache is None:
-            from .cache import ModelCache
+            from .models.cache import ModelCache
 
             self._cache = ModelCache(self.settings.cache_dir)
         return self._cache
@@ -160,7 +160,7 @@ class LlmqSession:
 
     def fp32(self, spec: str) -> tuple[Any, Any]:
         if spec not in self._fp32:
-            from .loading import load_fp32
+            from .models.loading import load_fp32
 
             self._torch_setup()
             start = time.perf_counter()
@@ -295,7 +295,7 @@ class LlmqSession:
 
     def speedup(self, pair: ModelPair, threshold: float) -> Any:
         """Sampled per threshold: the adaptive stop depends on it."""
-        from .timing import measure_speedup
+        from .speed.timing import measure_speedup
 
         key = ("speedup", *pair.key, threshold)
         if key not in self.measurements:

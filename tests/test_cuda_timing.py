@@ -16,8 +16,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pytest_llmquant.decode_steps import DecodeStream  # noqa: E402
-from pytest_llmquant.timing import CUDA_EXTRA_WARMUP, measure_speedup, on_cuda  # noqa: E402
+from pytest_llmquant.speed.decode_steps import DecodeStream  # noqa: E402
+from pytest_llmquant.speed.timing import CUDA_EXTRA_WARMUP, measure_speedup, on_cuda  # noqa: E402
 
 
 class Output(dict):

@@ -277,7 +277,7 @@ def tiny_probe(tiny_gpt2_dir: Path) -> Any:
     """Start the one real probe when this module starts, so that its ~10 s of imports and
     loading overlap the other tests; :func:`test_probe_subprocess_on_tiny_gpt2` collects it."""
     try:
-        import pytest_llmquant.loading  # noqa: F401
+        import pytest_llmquant.models.loading  # noqa: F401
     except ImportError:
         yield None
         return
@@ -291,7 +291,7 @@ def tiny_probe(tiny_gpt2_dir: Path) -> Any:
 
 def test_probe_subprocess_on_tiny_gpt2(tiny_probe: Any) -> None:
     """End to end: a fresh process loads through loading.py, builds INT8, generates."""
-    pytest.importorskip("pytest_llmquant.loading")
+    pytest.importorskip("pytest_llmquant.models.loading")
     proc, args = tiny_probe
     report = rss._finish_probe(proc, args, timeout=300)
     assert report["generated_tokens"] == 8

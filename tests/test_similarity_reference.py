@@ -21,9 +21,10 @@ import pytest
 torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
 
-from pytest_llmquant import cache as cache_mod  # noqa: E402
-from pytest_llmquant.cache import LlmqCacheWarning, ModelCache  # noqa: E402
 from pytest_llmquant.evaltext import default_corpus  # noqa: E402
+from pytest_llmquant.models import cache as cache_mod  # noqa: E402
+from pytest_llmquant.models.cache import LlmqCacheWarning, ModelCache  # noqa: E402
+from pytest_llmquant.models.sources import resolve  # noqa: E402
 from pytest_llmquant.similarity import (  # noqa: E402
     ReferenceStore,
     StoredReference,
@@ -32,7 +33,6 @@ from pytest_llmquant.similarity import (  # noqa: E402
     token_stats,
 )
 from pytest_llmquant.similarity import reference as ref_mod  # noqa: E402
-from pytest_llmquant.sources import resolve  # noqa: E402
 
 TEXT = default_corpus()[:30_000]
 N = 256  # scored tokens: two windows of the tiny GPT-2's 256-token context (prefix 64)
@@ -298,7 +298,7 @@ def test_new_library_versions_or_model_files_make_the_entry_stale(
 ):
     model, tok = gpt2
     measure(model, perturbed, tok, store_for(tmp_path, tiny_gpt2_dir, model), prompts=())
-    import pytest_llmquant.loading as loading
+    import pytest_llmquant.models.loading as loading
 
     real = loading.library_versions()
     monkeypatch.setattr(loading, "library_versions", lambda: {**real, "torch": "0.0.1"})

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from pytest_llmquant.stats import (
+from pytest_llmquant.speed.stats import (
     DEFAULT_CONFIDENCE,
     EXACT_MAX_PAIRS,
     LOOK_GROWTH,

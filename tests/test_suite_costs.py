@@ -19,7 +19,7 @@ PROMPTS = ["The capital", "def add(a, b):\n    return", "A test that cannot fail
 @pytest.fixture(scope="module")
 def pair(tiny_gpt2_dir: Path) -> Any:
     from pytest_llmquant.int8.build import make_int8
-    from pytest_llmquant.loading import load_fp32
+    from pytest_llmquant.models.loading import load_fp32
     from pytest_llmquant.session import ModelPair
 
     fp32, tokenizer = load_fp32(str(tiny_gpt2_dir))
@@ -115,7 +115,7 @@ class FakeBenchmark:
     "kwargs", [{"rounds": 0}, {"warmup_rounds": -1}, {"new_tokens": 0}], ids=str
 )
 def test_a_benchmark_of_no_rounds_or_tokens_is_refused_in_one_line(pair: Any, kwargs: Any) -> None:
-    from pytest_llmquant.benchmark import LlmqBenchmark
+    from pytest_llmquant.speed.benchmark import LlmqBenchmark
 
     bench = LlmqBenchmark(FakeBenchmark(1.0), pair, SimpleNamespace(benchmark_medians={}), 8)
     with pytest.raises(
@@ -125,7 +125,7 @@ def test_a_benchmark_of_no_rounds_or_tokens_is_refused_in_one_line(pair: Any, kw
 
 
 def test_a_speedup_is_only_computed_between_entries_of_the_same_length(pair: Any) -> None:
-    from pytest_llmquant.benchmark import LlmqBenchmark
+    from pytest_llmquant.speed.benchmark import LlmqBenchmark
 
     session = SimpleNamespace(benchmark_medians={})
     LlmqBenchmark(FakeBenchmark(2.0), pair, session, 8).run("fp32", rounds=1, new_tokens=8)

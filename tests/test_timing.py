@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from pytest_llmquant.decode_steps import DecodeStream
 from pytest_llmquant.errors import LlmqModelError
-from pytest_llmquant.timing import (
+from pytest_llmquant.speed.decode_steps import DecodeStream
+from pytest_llmquant.speed.timing import (
     FALLBACK_PROMPTS,
     SpeedupResult,
     default_prompts,
@@ -123,7 +123,7 @@ def test_looks_come_each_time_the_sample_grows_by_a_quarter(
     """Fewer looks than pairs: each look at the interval is a chance of a wrong confident
     verdict (see stats), so the gate looks at 8, 10, 13, 17, ... pairs, and once more at
     the end of the budget."""
-    import pytest_llmquant.timing as timing
+    import pytest_llmquant.speed.timing as timing
 
     looks: list[tuple[int, bool]] = []
     real = timing.decide
@@ -433,7 +433,7 @@ def test_the_same_model_object_twice_keeps_two_caches(tiny: tuple[Any, Any]) -> 
 
 
 def test_prompts_are_cut_to_leave_room_for_the_steps(tiny: tuple[Any, Any]) -> None:
-    from pytest_llmquant.context import LlmqPromptWarning
+    from pytest_llmquant.models.context import LlmqPromptWarning
 
     model, tok = tiny
     short = copy.deepcopy(model)

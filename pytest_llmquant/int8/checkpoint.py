@@ -27,7 +27,7 @@ def checkpoint_origin(path: str) -> Int8Origin:
     weights): checked at start-up, so a wrong path or a float save exits 4 at once."""
     p = Path(path).expanduser()
     if p.is_file():
-        from ..schemes.gguf_q8 import describe_gguf
+        from ..formats.gguf.q8_0 import describe_gguf
 
         label, bits, _ = describe_gguf(str(p))
         return Int8Origin("checkpoint", label, bits, checkpoint=str(p), scheme="weight-only-int8")
@@ -57,7 +57,7 @@ def load_int8_checkpoint(path: str, fp32_model: Any, *, device: str = "cpu") -> 
     the ``weight-only-int8`` layer (same layout), so no requantizing happens."""
     origin = checkpoint_origin(path)
     if Path(path).expanduser().is_file():
-        from ..schemes.gguf_q8 import load_gguf_int8
+        from ..formats.gguf.q8_0 import load_gguf_int8
 
         model = load_gguf_int8(path, fp32_model, device=device)
     else:

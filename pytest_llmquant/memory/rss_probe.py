@@ -89,13 +89,13 @@ def _baseline(args: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .. import loading  # noqa: F401  (the model probes import it too)
+    from ..models import loading  # noqa: F401  (the model probes import it too)
 
     scope = "imports"
     model = args.get("model")
     if model:
         try:
-            from ..sources import resolve
+            from ..models.sources import resolve
 
             source = resolve(model)
             if source.kind != "gguf":
@@ -131,7 +131,7 @@ def _model(args: dict[str, Any], mode: str) -> tuple[Any, Any, dict[str, Any]]:
         model = load_saved_int8(str(args["int8_dir"]), args.get("int8_loader"), device=device)
         extra["int8_dir"] = str(args["int8_dir"])
         return model, tokenizer, extra
-    from ..loading import load_fp32
+    from ..models.loading import load_fp32
 
     model, tokenizer = load_fp32(
         str(args["model"]),
@@ -144,7 +144,7 @@ def _model(args: dict[str, Any], mode: str) -> tuple[Any, Any, dict[str, Any]]:
         return model, tokenizer, extra
     extra["fp32_loaded_bytes"] = rss_bytes()
     if args.get("int8_gguf"):
-        from ..schemes.gguf_q8 import load_gguf_int8
+        from ..formats.gguf.q8_0 import load_gguf_int8
 
         int8_model = load_gguf_int8(str(args["int8_gguf"]), model, device=device)
         extra["int8_gguf"] = str(args["int8_gguf"])

@@ -3,7 +3,7 @@
 The FP32 model's output on the evaluation text depends only on the model, the text, the
 window plan, the dtype and the library versions, yet it was half of every similarity run.
 Like llama.cpp's ``--kl-divergence-base`` file, a :class:`ReferenceStore` keeps it in the
-session's cache dir (through :class:`~pytest_llmquant.cache.ModelCache`: built once under
+session's cache dir (through :class:`~pytest_llmquant.models.cache.ModelCache`: built once under
 a file lock, published atomically, every file checksummed on every read, a corrupt entry
 rebuilt with one warning), so a warm run only runs the INT8 model.
 
@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from ..cache import ModelCache
-    from ..sources import ModelSource
+    from ..models.cache import ModelCache
+    from ..models.sources import ModelSource
     from .codes_file import CodesFile
 
 #: Bump when what is stored, or how, changes: old entries then stop matching.
@@ -306,7 +306,7 @@ class ReferenceStore:
         return cls(cache, source.location, fingerprint, label=label or source.label)
 
     def _versions(self) -> dict[str, Any]:
-        from ..loading import library_versions
+        from ..models.loading import library_versions
 
         return {**self.fingerprint, **library_versions(), "reference_format": FORMAT}
 

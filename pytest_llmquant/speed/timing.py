@@ -3,7 +3,7 @@
 How a measurement is taken, and why:
 
 * The timed unit is one greedy decode step from a KV cache
-  (:mod:`pytest_llmquant.decode_steps`): each model prefills the same prompt into its
+  (:mod:`pytest_llmquant.speed.decode_steps`): each model prefills the same prompt into its
   own cache (untimed), then both take the same steps at the same cache lengths, and
   after ``new_tokens`` steps the next prompt starts in a fresh cache. A step is the
   work generation repeats per token, and there are dozens of them per second where a
@@ -17,7 +17,7 @@ How a measurement is taken, and why:
 * Steps are *paired* and interleaved, alternating the order (AB, BA, AB, ...), so
   that whatever the machine does (a neighbour job, frequency scaling, the second
   step of a pair profiting from a warm cache) hits both models alike; the decision
-  uses the ratio within each pair (:mod:`pytest_llmquant.stats`).
+  uses the ratio within each pair (:mod:`pytest_llmquant.speed.stats`).
 * Sampling is adaptive: from ``min_pairs`` pairs on the gate looks at the interval
   each time the sample has grown by a quarter (:data:`LOOK_GROWTH`) and stops as soon
   as it is clear of the threshold, so a clear case costs a second or two, and only a
@@ -72,7 +72,7 @@ Runner = Callable[[Any, int, int], float]
 def default_prompts() -> tuple[str, ...]:
     """The project's evaluation prompts when that module exists, else a fixed fallback."""
     try:
-        from .evaltext import EVAL_PROMPTS  # type: ignore[attr-defined]
+        from ..evaltext import EVAL_PROMPTS  # type: ignore[attr-defined]
     except ImportError:
         return FALLBACK_PROMPTS
     prompts = tuple(str(p) for p in EVAL_PROMPTS)
@@ -122,7 +122,7 @@ class SpeedupResult:
 
 def _encode(tokenizer: Any, prompt: str, models: Sequence[Any], new_tokens: int) -> Any:
     """Tokenize ``prompt`` on the models' device, cut to leave room for ``new_tokens``."""
-    from .context import fit_to_context
+    from ..models.context import fit_to_context
 
     inputs = dict(tokenizer(prompt, return_tensors="pt"))
     device = getattr(models[0], "device", None)
@@ -190,7 +190,7 @@ def measure_speedup(
     timed pairs only (warm-up excluded); a pair that would end past the budget is not
     started, except that ``min_pairs`` pairs are always taken. ``min_pairs`` defaults
     to the fewest pairs that can give an interval at ``confidence``
-    (:func:`~pytest_llmquant.stats.pairs_for_an_interval`, 8 at 99%): stopping earlier
+    (:func:`~pytest_llmquant.speed.stats.pairs_for_an_interval`, 8 at 99%): stopping earlier
     could only ever decide on the point estimate. ``warmup`` is in steps per model.
     ``runner(model, prompt_index, step) -> seconds`` replaces the real timed decode
     step (tests). ``progress`` hears a one-line status at most every
@@ -199,8 +199,8 @@ def measure_speedup(
     """
     import torch
 
+    from ..settings import default_threads
     from .decode_steps import DecodeStream
-    from .settings import default_threads
 
     if min_pairs is None:
         min_pairs = pairs_for_an_interval(confidence)

@@ -6,7 +6,7 @@ start-up torch-free.
 
 from __future__ import annotations
 
-from .errors import LlmqUsageError
+from ..errors import LlmqUsageError
 
 
 def check_available(device: str) -> None:

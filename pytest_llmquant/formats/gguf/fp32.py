@@ -28,8 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .gguf_header import GGUFHeader, read_header
-from .gguf_transformers import dequantize_into, weights_map
+from .header import GGUFHeader, read_header
+from .transformers_map import dequantize_into, weights_map
 
 
 def _quiet(text: str) -> None:

@@ -13,7 +13,7 @@ step ``s`` of FP32 and step ``s`` of INT8 attend over the same number of positio
 Each model feeds itself its own greedy token (the tokens may differ, the shapes do
 not). After ``steps_per_prompt`` steps the next prompt is prefilled into a fresh cache,
 so the cache never grows past ``prompt + steps_per_prompt`` positions, and the prompts
-are cut to fit the model's context (:func:`pytest_llmquant.context.fit_to_context`).
+are cut to fit the model's context (:func:`pytest_llmquant.models.context.fit_to_context`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _cache_of(model: Any, out: Any) -> tuple[str, Any]:
     """``(keyword, cache)`` from a forward's output: transformers >= 5.2x names the KV cache
     ``cache``, older releases ``past_key_values``; the output field is named like the
     input keyword that takes the cache back."""
-    from .errors import LlmqModelError
+    from ..errors import LlmqModelError
 
     keys = out.keys() if hasattr(out, "keys") else ()
     for name in ("cache", "past_key_values"):

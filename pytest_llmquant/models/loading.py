@@ -16,12 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import LlmqUsageError
 from .cache import ModelCache
-from .errors import LlmqUsageError
 from .sources import ModelSource, resolve
 
 if TYPE_CHECKING:
-    from .progress import Progress
+    from ..progress import Progress
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -177,11 +177,11 @@ def _load_gguf_cached(
     progress: Progress | None,
     dtype: str,
 ) -> tuple[Any, Any]:
-    """Converting a GGUF costs seconds (see :mod:`.schemes.gguf_fp32`); do it once and keep
+    """Converting a GGUF costs seconds (see :mod:`.formats.gguf.fp32`); do it once and keep
     FP32 safetensors, which later sessions memory-map."""
 
     def build(directory: Path) -> None:
-        from .schemes.gguf_fp32 import convert_gguf_to_fp32
+        from ..formats.gguf.fp32 import convert_gguf_to_fp32
 
         if progress is not None:
             progress.note(

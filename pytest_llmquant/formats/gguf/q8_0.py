@@ -26,8 +26,8 @@ import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LlmqUsageError
-from .gguf_transformers import (
+from ...errors import LlmqUsageError
+from .transformers_map import (
     dequantize_into,
     hparams_from_header,
     row_order,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from .gguf_header import GGUFHeader, GGUFTensor
+    from .header import GGUFHeader, GGUFTensor
 
 #: the only quantized GGML type that maps onto ``weight-only-int8`` without loss
 INT8_TYPE = "Q8_0"
@@ -61,7 +61,7 @@ def _option(path: str | Path) -> str:
 
 def _header(path: str | Path) -> GGUFHeader:
     """The file's header and tensor table, or one line saying why it is not a GGUF we read."""
-    from .gguf_header import GGUFFormatError, read_header
+    from .header import GGUFFormatError, read_header
 
     try:
         with Path(path).expanduser().open("rb") as fh:
@@ -200,7 +200,7 @@ def _read_tensors(header: GGUFHeader, path: str | Path, model: Any, processor: A
     import torch
     from torch import nn
 
-    from . import get_scheme
+    from ...schemes import get_scheme
 
     scheme = get_scheme("weight-only-int8", group_size=Q8_0_BLOCK)
     mapping = weights_map(model, processor)
@@ -262,7 +262,7 @@ def _assemble(model: Any, loaded: _Loaded, fp32_model: nn.Module, path: str | Pa
     """Put the loaded tensors into the meta skeleton; refuse if any weight is left without one."""
     from torch import nn
 
-    from ..layers import set_submodule
+    from ...layers import set_submodule
 
     had_bias = {n: model.get_submodule(n).bias is not None for n in loaded.int8}
     for name, layer in loaded.int8.items():
@@ -303,7 +303,7 @@ def load_gguf_int8(path: str | Path, fp32_model: nn.Module, *, device: str = "cp
     from torch import nn
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
-    from . import get_scheme
+    from ...schemes import get_scheme
 
     get_scheme("weight-only-int8").check_device(device)
     header = _header(path)

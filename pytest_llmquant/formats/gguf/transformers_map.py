@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:
     from torch import nn
 
-    from .gguf_header import GGUFHeader
+    from .header import GGUFHeader
 
 #: the narrow probe of :func:`row_order` (one Q8_0 block wide)
 _PROBE_WIDTH = 32

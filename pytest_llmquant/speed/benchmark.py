@@ -15,7 +15,7 @@ WARMUP_ROUNDS = 1
 
 
 def _inputs(tokenizer: Any, device: str) -> Any:
-    from .evaltext import EVAL_PROMPTS
+    from ..evaltext import EVAL_PROMPTS
 
     return tokenizer(EVAL_PROMPTS[0], return_tensors="pt").to(device)
 
@@ -66,7 +66,7 @@ class LlmqBenchmark:
         """Time ``rounds`` generations of ``new_tokens`` (default ``--llmq-new-tokens``)
         tokens after ``warmup_rounds`` untimed ones; what was timed goes into ``extra_info``
         so that a comparison between runs with other settings is visibly apples to pears."""
-        from .loading import library_versions
+        from ..models.loading import library_versions
 
         if precision not in ("fp32", "int8"):
             raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
