@@ -120,7 +120,7 @@ def _int8_ids(metafunc: pytest.Metafunc, session: LlmqSession) -> list[str]:
     checkpoint's label, else "fixture" (an ``int8_model`` override) or "hook" (a
     ``pytest_llmq_quantize`` hook, which may still hand a scheme back), else the scheme.
     The summary and reports give the label read from the built model."""
-    from .int8.origin import id_part
+    from .origin import id_part
 
     if session.int8_path:
         return [id_part(s) for s in session.schemes]
@@ -213,8 +213,8 @@ def llmq_pair(
 ) -> ModelPair:
     """Both models, the tokenizer, the coverage and where the INT8 model came from, as the
     gates see them."""
-    from .int8.origin import from_model
     from .layers import coverage
+    from .origin import from_model
 
     built = llmq_session.built_int8(llmq_model_id, llmq_scheme)
     if built is not None and built.model is int8_model:

@@ -21,9 +21,9 @@ from .settings import Settings, set_where
 
 if TYPE_CHECKING:
     from .int8.build import Int8Built
-    from .int8.origin import Int8Origin
     from .layers import Coverage
     from .models.cache import ModelCache
+    from .origin import Int8Origin
     from .progress import Progress
 
 SESSION_KEY = pytest.StashKey["LlmqSession"]()
@@ -288,7 +288,7 @@ class LlmqSession:
                 "device": pair.device,
             }
             self.measurements[key] = result
-            from .memory.heap import give_back_freed_memory
+            from .heap import give_back_freed_memory
 
             give_back_freed_memory()
         return self.measurements[key]

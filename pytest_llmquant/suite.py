@@ -133,7 +133,7 @@ def _greedy(pair: Any, new_tokens: int = 12) -> Any:
     import torch
 
     from .evaltext import EVAL_PROMPTS
-    from .models.context import fit_to_context
+    from .models.causal_lm import fit_to_context
 
     ids = fit_to_context(
         pair.tokenizer(EVAL_PROMPTS[0], return_tensors="pt"), pair.int8, new_tokens
@@ -168,7 +168,7 @@ def _prompt_ids(pair: Any, prompt: str) -> Any:
     """The prompt's token ids (1-D), fitted to the context; EOS (or 0) for an empty one."""
     import torch
 
-    from .models.context import fit_to_context
+    from .models.causal_lm import fit_to_context
 
     ids = fit_to_context(pair.tokenizer(prompt, return_tensors="pt"), pair.fp32)["input_ids"][0]
     if ids.shape[0] == 0:

@@ -16,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pytest_llmquant.speed.decode_steps import DecodeStream  # noqa: E402
+from pytest_llmquant.sides.torch_decode import DecodeStream  # noqa: E402
 from pytest_llmquant.speed.timing import CUDA_EXTRA_WARMUP, measure_speedup, on_cuda  # noqa: E402
 
 

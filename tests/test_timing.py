@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from pytest_llmquant.errors import LlmqModelError
-from pytest_llmquant.speed.decode_steps import DecodeStream
+from pytest_llmquant.sides.torch_decode import DecodeStream
 from pytest_llmquant.speed.timing import (
     FALLBACK_PROMPTS,
     SpeedupResult,
@@ -433,7 +433,7 @@ def test_the_same_model_object_twice_keeps_two_caches(tiny: tuple[Any, Any]) -> 
 
 
 def test_prompts_are_cut_to_leave_room_for_the_steps(tiny: tuple[Any, Any]) -> None:
-    from pytest_llmquant.models.context import LlmqPromptWarning
+    from pytest_llmquant.models.causal_lm import LlmqPromptWarning
 
     model, tok = tiny
     short = copy.deepcopy(model)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LlmqModelError, LlmqUsageError
+from ..heap import give_back_freed_memory
 from ..layers import Coverage, coverage, linear_like_layers
-from ..memory.heap import give_back_freed_memory
-from .origin import Int8Origin, from_model
+from ..origin import Int8Origin, from_model
 
 if TYPE_CHECKING:
     from torch import nn

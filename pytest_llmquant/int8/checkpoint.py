@@ -11,8 +11,8 @@ from typing import Any
 
 from ..errors import LlmqUsageError
 from ..layers import coverage
+from ..origin import Int8Origin
 from .build import Int8Built
-from .origin import Int8Origin
 
 TORCH_AO_SAVE_HINT = (
     "save_pretrained cannot serialize torch.ao quantized layers (they hold packed params, not "

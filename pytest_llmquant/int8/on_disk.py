@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LlmqSkip
-from .origin import Int8Origin
+from ..origin import Int8Origin
+from ..sides.base import ProbeSpec, ShippedFile
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class SavedInt8:
 def save(model: Any, origin: Int8Origin, directory: Path) -> SavedInt8:
     """Save ``model`` under ``directory`` (new) as its maker would; raise LlmqSkip where no
     safe way exists."""
-    from ..memory.files import file_bytes
+    from ..formats.sizes import file_bytes
 
     checkpoint = Path(origin.checkpoint).expanduser() if origin.checkpoint else None
     if checkpoint is not None and checkpoint.is_file():  # a GGUF: the file is what ships
@@ -74,3 +75,21 @@ def probe_args(model: Any, tokenizer: Any, origin: Int8Origin, workdir: Path) ->
         "int8_loader": loader_for(saved_dir),
         "tokenizer_dir": str(tokenizer_dir),
     }
+
+
+def shipped_file(model: Any, origin: Int8Origin, directory: Path) -> ShippedFile:
+    """:func:`save`, as the :class:`~pytest_llmquant.sides.base.ShippedFile` a side returns."""
+    from ..sides.torch_weights import file_kept_float
+
+    saved = save(model, origin, directory)
+    where = saved.directory
+    names = tuple(sorted(p.name for p in where.iterdir())) if where.is_dir() else (where.name,)
+    kept = file_kept_float(where, model) if where.is_dir() else {}
+    return ShippedFile(where, saved.bytes, saved.how, names, kept)
+
+
+def probe_spec(model: Any, tokenizer: Any, origin: Int8Origin, workdir: Path) -> ProbeSpec:
+    """:func:`probe_args`, as the :class:`~pytest_llmquant.sides.base.ProbeSpec` a side returns."""
+    if origin.route == "scheme":
+        return ProbeSpec({"scheme": origin.scheme}, "built from the reference in-process")
+    return ProbeSpec(probe_args(model, tokenizer, origin, workdir))

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LlmqUsageError
-from .files import file_bytes, file_kept_float
+from ..formats.sizes import file_bytes
+from ..sides.torch_weights import file_kept_float
 from .rss import (
     PROBE_MARK,
     PROBE_TIMEOUT_S,
@@ -36,8 +37,8 @@ from .rss import (
 from .vram import check_vram_device, measure_vram, vram_note
 
 if TYPE_CHECKING:
-    from ..int8.origin import Int8Origin
-from .weights import (
+    from ..origin import Int8Origin
+from ..sides.torch_weights import (
     FLOAT_BIAS,
     FLOAT_EMBED,
     FLOAT_LINEAR,

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LlmqUsageError
-from .forward import bos_to_insert, context_length, scored_logits, tokenize
+from ..sides.torch_side import scored_logits
+from .forward import bos_to_insert, context_length, tokenize
 from .greedy import greedy_match, match_fraction
 from .greedy import greedy_tokens as generate_greedy
 from .metrics import (

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .forward import model_device, model_dtype, scored_logits
+from ..sides.torch_side import scored_logits
+from .forward import model_device, model_dtype
 from .greedy import greedy_tokens as generate_greedy
 from .metrics import first_argmax
 from .windows import Window

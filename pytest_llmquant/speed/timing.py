@@ -3,7 +3,7 @@
 How a measurement is taken, and why:
 
 * The timed unit is one greedy decode step from a KV cache
-  (:mod:`pytest_llmquant.speed.decode_steps`): each model prefills the same prompt into its
+  (:mod:`pytest_llmquant.sides.torch_decode`): each model prefills the same prompt into its
   own cache (untimed), then both take the same steps at the same cache lengths, and
   after ``new_tokens`` steps the next prompt starts in a fresh cache. A step is the
   work generation repeats per token, and there are dozens of them per second where a
@@ -122,7 +122,7 @@ class SpeedupResult:
 
 def _encode(tokenizer: Any, prompt: str, models: Sequence[Any], new_tokens: int) -> Any:
     """Tokenize ``prompt`` on the models' device, cut to leave room for ``new_tokens``."""
-    from ..models.context import fit_to_context
+    from ..models.causal_lm import fit_to_context
 
     inputs = dict(tokenizer(prompt, return_tensors="pt"))
     device = getattr(models[0], "device", None)
@@ -200,7 +200,7 @@ def measure_speedup(
     import torch
 
     from ..settings import default_threads
-    from .decode_steps import DecodeStream
+    from ..sides.torch_decode import DecodeStream
 
     if min_pairs is None:
         min_pairs = pairs_for_an_interval(confidence)

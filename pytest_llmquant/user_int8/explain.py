@@ -22,6 +22,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LlmqModelError, LlmqUsageError
+from ..models.causal_lm import vocab_size
 from .description import Int8Description
 
 if TYPE_CHECKING:
@@ -114,20 +115,10 @@ def check_not_dequantized(path: str, checkpoint: Int8Description, loaded: Int8De
 # -- vocabulary --------------------------------------------------------------------------
 
 
-def _vocab(model: Any) -> int:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    rows = getattr(head, "out_features", None)
-    if rows is None and head is not None and getattr(head, "weight", None) is not None:
-        rows = head.weight.shape[0]
-    if rows is None:
-        rows = model.config.vocab_size
-    return int(rows)
-
-
 def shared_vocab(fp32_model: Any, int8_model: Any, label: str = "the INT8 model") -> int:
     """The number of token ids to compare over: the FP32 vocabulary. Refuses an INT8 model
     whose vocabulary is smaller (a different model, not a quantized copy)."""
-    fp32, int8 = _vocab(fp32_model), _vocab(int8_model)
+    fp32, int8 = vocab_size(fp32_model), vocab_size(int8_model)
     if int8 < fp32:
         raise LlmqUsageError(
             f"{label} has a smaller vocabulary ({int8} ids) than the FP32 model ({fp32}): it is "

@@ -49,7 +49,7 @@ class Int8Origin:
 def from_model(model: Any, route: Route, label: str | None = None) -> Int8Origin:
     """Describe a model the user made (hook or fixture): the label they gave, else the one
     read from its layers (torchao tensor subclasses, bitsandbytes, quanto, our schemes...)."""
-    from ..user_int8.detect import describe_int8
+    from .user_int8.detect import describe_int8
 
     desc = describe_int8(model)
     return Int8Origin(route, label or desc.label, desc.bits, scheme=desc.scheme)
