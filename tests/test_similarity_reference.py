@@ -298,10 +298,10 @@ def test_new_library_versions_or_model_files_make_the_entry_stale(
 ):
     model, tok = gpt2
     measure(model, perturbed, tok, store_for(tmp_path, tiny_gpt2_dir, model), prompts=())
-    import pytest_llmquant.models.loading as loading
+    import pytest_llmquant.versions as versions
 
-    real = loading.library_versions()
-    monkeypatch.setattr(loading, "library_versions", lambda: {**real, "torch": "0.0.1"})
+    real = versions.library_versions()
+    monkeypatch.setattr(versions, "library_versions", lambda: {**real, "torch": "0.0.1"})
     with pytest.warns(LlmqCacheWarning, match="is stale"), calls_of(model) as fp32_calls:
         measure(model, perturbed, tok, store_for(tmp_path, tiny_gpt2_dir, model), prompts=())
     assert fp32_calls and len(entries(tmp_path)) == 1  # replaced, not added

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LlmqUsageError
+from ..versions import library_versions
 from .cache import ModelCache
 from .sources import ModelSource, resolve
 
@@ -24,13 +25,6 @@ if TYPE_CHECKING:
     from ..progress import Progress
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def library_versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def _check_local_dir(path: Path, spec: str, trust_remote_code: bool) -> None:

@@ -13,12 +13,12 @@ import json
 import math
 import os
 import platform
-import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..versions import library_versions
 from .files import atomic_write
 from .session_view import option, results_by_pair
 
@@ -74,11 +74,7 @@ def versions() -> dict[str, str]:
         out["pytest"] = pytest.__version__
     except ImportError:  # pragma: no cover - we are a pytest plugin
         pass
-    for name in ("torch", "transformers"):
-        module = sys.modules.get(name)
-        found = getattr(module, "__version__", None) if module is not None else None
-        if found:
-            out[name] = str(found)
+    out.update(library_versions(imported_only=True))
     try:
         from importlib.metadata import version as dist_version
 

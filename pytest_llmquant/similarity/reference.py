@@ -307,7 +307,7 @@ class ReferenceStore:
         return cls(cache, source.location, fingerprint, label=label or source.label)
 
     def _versions(self) -> dict[str, Any]:
-        from ..models.loading import library_versions
+        from ..versions import library_versions
 
         return {**self.fingerprint, **library_versions(), "reference_format": FORMAT}
 

@@ -66,7 +66,7 @@ class LlmqBenchmark:
         """Time ``rounds`` generations of ``new_tokens`` (default ``--llmq-new-tokens``)
         tokens after ``warmup_rounds`` untimed ones; what was timed goes into ``extra_info``
         so that a comparison between runs with other settings is visibly apples to pears."""
-        from ..models.loading import library_versions
+        from ..versions import library_versions
 
         if precision not in ("fp32", "int8"):
             raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
