@@ -28,10 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .baseline.store import BASELINE_KIND, pair_key
+from .baseline.store import pair_key
 from .errors import LlmqUsageError
-from .reporting.files import atomic_write
-from .reporting.json_report import REPORT_KIND, SCHEMA_VERSION, json_text
+from .jsonfiles import BASELINE_KIND, REPORT_KIND, SCHEMA_VERSION, atomic_write, json_text
 
 _WHAT = {REPORT_KIND: "report", BASELINE_KIND: "baseline"}
 #: what a merged entry gains and two measurements of a pair may differ in harmlessly

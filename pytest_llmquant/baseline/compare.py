@@ -45,7 +45,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import LlmqUsageError
-from ..reporting.json_report import finite_number
+from ..jsonfiles import finite_number
 from .comparable import check_comparable
 from .store import baseline_dict, find_pair
 

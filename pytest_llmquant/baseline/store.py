@@ -20,19 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LlmqUsageError
-from ..reporting.files import atomic_write
-from ..reporting.json_report import (
+from ..jsonfiles import (
+    BASELINE_KIND,
     REPORT_KIND,
     SCHEMA_VERSION,
+    atomic_write,
     finite_number,
     json_text,
-    strict_json,
+    strict_copy,
     versions,
 )
 from ..reporting.session_view import results_by_pair
-
-BASELINE_KIND = "pytest-llmquant baseline"
-
 
 #: similarity metric -> the measurement key of its standard error
 SIMILARITY_SE = {"mean_kld": "kld_se", "same_top": "same_top_se", "ppl_ratio": "ppl_ratio_se"}
@@ -105,7 +103,7 @@ def baseline_dict(session: Any) -> dict[str, Any]:
                 results, summaries.get(name) or {}, getattr(session, "device", None)
             )
             pairs[name] = {**metrics, **({"measured_on": setup} if setup else {})}
-    return strict_json(
+    return strict_copy(
         {
             "schema_version": SCHEMA_VERSION,
             "kind": BASELINE_KIND,

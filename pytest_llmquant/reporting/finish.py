@@ -15,8 +15,8 @@ from typing import Any
 from ..baseline.compare import DEFAULT_Z, compare_to_baseline
 from ..baseline.store import baseline_dict, load_baseline
 from ..errors import LlmqUsageError
-from .files import atomic_write
-from .json_report import json_text, write_json_report
+from ..jsonfiles import atomic_write, json_text
+from .json_report import write_json_report
 from .markdown import write_markdown
 from .session_view import option
 

@@ -1,89 +1,21 @@
-"""The JSON report (``--llmq-report=FILE``) and the strict-JSON rules all outputs share.
+"""The JSON report (``--llmq-report=FILE``).
 
 Every pair, its coverage and every gate result with its measurement, thresholds,
 verdict, message and table rows, plus the versions and settings the numbers were taken
-with, so a CI artifact can be read without the log. Strict JSON: NaN and infinities
-become ``null`` (JSON has no NaN; ``json.loads`` in other languages rejects it).
-Written atomically (:mod:`.files`).
+with, so a CI artifact can be read without the log. Strict JSON, written atomically
+(:mod:`pytest_llmquant.jsonfiles`, which also holds the rules the baseline file shares).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import platform
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..versions import library_versions
-from .files import atomic_write
+from ..jsonfiles import REPORT_KIND, SCHEMA_VERSION, atomic_write, json_text, strict_copy, versions
+from ..jsonfiles import strict_json as strict_json  # plugin.py imports it from here
 from .session_view import option, results_by_pair
-
-#: shared by the report and the baseline file: a reader checks it before trusting a file
-SCHEMA_VERSION = 1
-REPORT_KIND = "pytest-llmquant report"
-
-
-def strict_json(value: Any) -> Any:
-    """A copy of ``value`` that ``json.dumps(..., allow_nan=False)`` accepts.
-
-    Non-finite floats become None; tuples and sets become lists; numpy scalars become
-    Python numbers; anything else unknown becomes its ``str`` rather than a crash at
-    the end of a long run.
-    """
-    if value is None or isinstance(value, (bool, str, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [strict_json(v) for v in value]
-    item = getattr(value, "item", None)  # numpy / torch scalars
-    if callable(item):
-        try:
-            return strict_json(item())
-        except (TypeError, ValueError):
-            pass
-    return str(value)
-
-
-def json_text(data: Any) -> str:
-    """``data`` as indented strict JSON text, ending in a newline."""
-    return json.dumps(strict_json(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-
-
-def finite_number(value: Any) -> float | None:
-    """A finite float, or None for a missing, null or non-finite value."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def versions() -> dict[str, str]:
-    """Versions that change the numbers. torch and transformers are read only when already
-    imported: a report must not pay a multi-second torch import (or fail without it)."""
-    out = {"python": platform.python_version()}
-    try:
-        import pytest
-
-        out["pytest"] = pytest.__version__
-    except ImportError:  # pragma: no cover - we are a pytest plugin
-        pass
-    out.update(library_versions(imported_only=True))
-    try:
-        from importlib.metadata import version as dist_version
-
-        out["pytest-llmquant"] = dist_version("pytest-llmquant")
-    except Exception:  # not installed as a distribution (a source checkout)
-        from .. import __version__
-
-        out["pytest-llmquant"] = __version__
-    return out
 
 
 def _models(session: Any) -> list[dict[str, str]]:
@@ -134,7 +66,7 @@ def report_dict(session: Any) -> dict[str, Any]:
         "counts": {"gates": len(results), "failed": sum(not r.passed for r in results)},
         "pairs": pairs,
     }
-    return strict_json(data)
+    return strict_copy(data)
 
 
 def write_json_report(session: Any, path: str | os.PathLike[str]) -> Path:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write
+from ..jsonfiles import atomic_write
 from .session_view import option, results_by_pair
 
 
