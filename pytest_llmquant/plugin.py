@@ -320,8 +320,8 @@ _LLMQ_EXIT = pytest.StashKey["int | None"]()
 def _finish_outputs(config: pytest.Config, terminalreporter: Any) -> None:
     """Reports, Markdown, baseline save/compare: once per run (outputs.finish_session)."""
     session = config.stash.get(SESSION_KEY, None)
-    if session is None or _LLMQ_EXIT in config.stash:
-        return
+    if session is None or _LLMQ_EXIT in config.stash or in_xdist_worker(config):
+        return  # an xdist worker writes nothing: the controller has its results
     from .reporting.finish import finish_session
 
     config.stash[_LLMQ_EXIT] = finish_session(session, terminalreporter)

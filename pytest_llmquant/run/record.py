@@ -67,6 +67,14 @@ class RunRecord:
     def threads(self) -> int | None:
         return self.settings.threads if self.settings is not None else None
 
+    @property
+    def reference_label(self) -> str:
+        """The precision the reference models were loaded in: FP32, BF16, FP16."""
+        from ..session import REFERENCE_LABELS  # the labels ModelPair.reference_label uses
+
+        dtype = self.settings.reference_dtype if self.settings is not None else "float32"
+        return REFERENCE_LABELS.get(dtype, dtype)
+
     def label_of(self, spec: str) -> str:
         """The label of a ``--llmq-model`` value (the value itself when unknown)."""
         return next((s.label for s in self.sources if s.spec == spec), spec)
