@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Generator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -28,6 +28,9 @@ from .workers import (
     warn_if_groups_are_ignored,
     worker_properties,
 )
+
+if TYPE_CHECKING:
+    from .run.record import RunRecord  # for record_of, until the session split lands
 
 F = TypeVar("F", bound=Callable[..., Any])
 NO_MODEL = (
@@ -324,18 +327,42 @@ def _finish_outputs(config: pytest.Config, terminalreporter: Any) -> None:
         return  # an xdist worker writes nothing: the controller has its results
     from .reporting.finish import finish_session
 
-    config.stash[_LLMQ_EXIT] = finish_session(session, terminalreporter)
+    config.stash[_LLMQ_EXIT] = finish_session(record_of(session), terminalreporter)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
         return
-    if session.load_times or session.coverages or session.results:
+    record = record_of(session)
+    if not record.empty:
         from .reporting.terminal import write_terminal_summary
 
-        write_terminal_summary(terminalreporter, session)
+        write_terminal_summary(terminalreporter, record)
     _finish_outputs(config, terminalreporter)
+
+
+def record_of(session: LlmqSession) -> RunRecord:
+    """TEMPORARY, until the session split lands (``session.record``): the run record the
+    outputs read, built from the old session's fields."""
+    from .run.record import Load, RunRecord, SourceLabel
+
+    return RunRecord(
+        settings=session.settings,
+        sources=[
+            SourceLabel(s.spec, label)
+            for s, label in zip(session.sources, session.labels, strict=True)
+        ],
+        schemes=list(session.schemes),
+        results=list(session.results),
+        pairs=dict(session.pairs),  # type: ignore[arg-type]  # untyped summaries
+        coverages=dict(session.coverages),
+        loads={
+            spec: Load(seconds, session.load_notes.get(spec, ""))
+            for spec, seconds in session.load_times.items()
+        },
+        benchmark_medians=dict(session.benchmark_medians),
+    )
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
