@@ -86,7 +86,7 @@ def run_gates(
         result.seconds = time.perf_counter() - start
         result.reference = pair.reference_label
         run.results.append(result)
-        session.results.append(result)
+        session.record.results.append(result)
         if not result.passed:
             run.failures.append(result.long_repr)
     return run

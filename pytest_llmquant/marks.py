@@ -35,7 +35,7 @@ def quant_similarity(
     agreement and perplexity ratio over the evaluation text (llama.cpp's KLD statistics)."""
     s = session.settings
     return similarity_verdict(
-        session.similarity(pair),
+        session.memo.similarity(pair),
         pair.name,
         max_kl=s.max_kl if max_kl is None else max_kl,
         min_same_top=s.min_same_top if min_same_top is None else min_same_top,
@@ -50,7 +50,7 @@ def quant_speedup(
     interleaved runs with a confidence interval (see the README's decision rule)."""
     threshold = session.settings.min_speedup if min_speedup is None else min_speedup
     return speedup_verdict(
-        session.speedup(pair, threshold),
+        session.memo.speedup(pair, threshold),
         pair.name,
         min_speedup=threshold,
         reference=pair.reference_label,
@@ -65,7 +65,9 @@ def quant_memory(
     process) or vram (the same on a CUDA device: GPU memory; skips elsewhere)."""
     threshold = session.settings.min_memory_ratio if min_ratio is None else min_ratio
     bits = pair.origin.bits if pair.origin is not None else 8
-    return memory_verdict(session.memory(pair, kind), pair.name, min_ratio=threshold, bits=bits)
+    return memory_verdict(
+        session.memo.memory(pair, kind), pair.name, min_ratio=threshold, bits=bits
+    )
 
 
 MARKERS: dict[str, Callable[..., GateResult]] = {

@@ -106,7 +106,7 @@ class LlmqBenchmark:
         if median:
             info["ms_per_token"] = 1000 * median / tokens
             info["tokens_per_s"] = tokens / median
-            medians = self.session.benchmark_medians
+            medians = self.session.record.benchmark_medians
             medians[_median_key(pair, precision, tokens)] = median
             other = medians.get(
                 _median_key(pair, "fp32" if precision == "int8" else "int8", tokens)
