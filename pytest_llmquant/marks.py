@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import LlmqUsageError
 from .settings import threshold
@@ -87,8 +87,8 @@ def marker_line(name: str) -> str:
 
 
 def validate(
-    name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], where: str
-) -> dict[str, Any]:
+    name: str, args: tuple[object, ...], kwargs: Mapping[str, object], where: str
+) -> dict[str, object]:
     """Bind and check marker arguments; return them by name. Raises a one-line usage error."""
     fn = MARKERS[name]
     public = [p for p in inspect.signature(fn).parameters.values() if p.kind != p.KEYWORD_ONLY]

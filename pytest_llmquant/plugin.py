@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from _pytest.terminal import TerminalReporter
 
 from . import hooks, settings
 from .errors import LlmqUsageError
@@ -78,14 +81,14 @@ def pytest_configure(config: pytest.Config) -> None:
 # -- collection ------------------------------------------------------------------------
 
 
-def _own_marks(collector: pytest.Collector, obj: Any) -> list[pytest.Mark]:
+def _own_marks(collector: pytest.Collector, obj: object) -> list[pytest.Mark]:
     marks = list(getattr(obj, "pytestmark", []))
     marks += list(collector.iter_markers())
     return [m for m in marks if getattr(m, "name", None) in MARKERS]
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: Any) -> None:
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
     """A test with a gate marker needs the model pair even if its body does not ask for it,
     and its marker arguments are checked here, before any model is loaded."""
     if not callable(obj) or not collector.funcnamefilter(name):  # type: ignore[attr-defined]
@@ -186,7 +189,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, Any, Any]:
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach what the gates measured: a section per gate, and for an xdist controller
     the results themselves (on the call report only, so each arrives once)."""
     report = yield
@@ -212,7 +215,7 @@ def pytest_runtest_makereport(
 _LLMQ_EXIT = pytest.StashKey["int | None"]()
 
 
-def _finish_outputs(config: pytest.Config, terminalreporter: Any) -> None:
+def _finish_outputs(config: pytest.Config, terminalreporter: TerminalReporter | None) -> None:
     """Reports, Markdown, baseline save/compare: once per run (outputs.finish_session)."""
     session = config.stash.get(SESSION_KEY, None)
     if session is None or _LLMQ_EXIT in config.stash:
@@ -222,7 +225,9 @@ def _finish_outputs(config: pytest.Config, terminalreporter: Any) -> None:
     config.stash[_LLMQ_EXIT] = finish_session(session, terminalreporter)
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+def pytest_terminal_summary(
+    terminalreporter: TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
         return
@@ -234,7 +239,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Generator[None, Any, Any]:
+def pytest_sessionfinish(
+    session: pytest.Session, exitstatus: int
+) -> Generator[None, object, object]:
     """Outermost wrapper, so it runs after the terminal summary (and still runs under
     --no-summary); pytest returns session.exitstatus after this hook, so a baseline
     regression can fail a run whose tests all passed."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .run.pair import ModelPair
     from .session import LlmqSession
     from .sides.base import ModelSide
+    from .speed.benchmark import LlmqBenchmark
 
 CHECKS = (
     "loads",
@@ -212,7 +213,7 @@ def next_token_divergence(pair: ModelPair, prompt: str) -> tuple[float, int, int
     return next_token_divergences(pair, [prompt])[0]
 
 
-def prompt_property(llmq_pair: Any, request: pytest.FixtureRequest) -> None:
+def prompt_property(llmq_pair: ModelPair, request: pytest.FixtureRequest) -> None:
     """For any prompt (hypothesis), the next-token KLD stays below PROMPT_MAX_KL and FP32's
     top token stays in INT8's top-5; a failure shows the shrunk prompt and both top tokens.
 
@@ -245,19 +246,21 @@ def prompt_property(llmq_pair: Any, request: pytest.FixtureRequest) -> None:
     check()
 
 
-def _suite_benchmark(llmq_benchmark: Any, llmq_session: Any, precision: str) -> None:
+def _suite_benchmark(
+    llmq_benchmark: LlmqBenchmark, llmq_session: LlmqSession, precision: str
+) -> None:
     explicit = llmq_session.settings.origin.get("new_tokens", "default") != "default"
     tokens = llmq_benchmark.new_tokens if explicit else BENCHMARK_NEW_TOKENS
     llmq_benchmark.run(precision, rounds=BENCHMARK_ROUNDS, new_tokens=tokens)
 
 
-def benchmark_fp32(llmq_benchmark: Any, llmq_session: Any) -> None:
+def benchmark_fp32(llmq_benchmark: LlmqBenchmark, llmq_session: LlmqSession) -> None:
     """FP32 generation timing, recorded as a pytest-benchmark entry (BENCHMARK_ROUNDS rounds
     of BENCHMARK_NEW_TOKENS tokens unless --llmq-new-tokens is given; see extra_info)."""
     _suite_benchmark(llmq_benchmark, llmq_session, "fp32")
 
 
-def benchmark_int8(llmq_benchmark: Any, llmq_session: Any) -> None:
+def benchmark_int8(llmq_benchmark: LlmqBenchmark, llmq_session: LlmqSession) -> None:
     """INT8 generation timing, recorded as a pytest-benchmark entry (as benchmark_fp32)."""
     _suite_benchmark(llmq_benchmark, llmq_session, "int8")
 
