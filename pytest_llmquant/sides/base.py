@@ -91,10 +91,19 @@ class ModelSide(Protocol):
     label: str
     #: one of :data:`RUNTIMES`: a baseline never compares numbers across runtimes
     runtime: str
-    #: where it computes: ``cpu``, ``cuda:0``
-    device: str
     #: where the INT8 side came from (None for a reference)
     origin: Int8Origin | None
+
+    @property
+    def device(self) -> str:
+        """Where it computes: ``cpu``, ``cuda:0``."""
+        ...
+
+    @property
+    def dtype(self) -> str:
+        """What it computes in: ``float32``, ``bfloat16`` (a llama.cpp side: its file
+        type); part of the stored similarity reference's key."""
+        ...
 
     def context_length(self) -> int | None:
         """The longest sequence it accepts, if it says; windows and prompts are cut to fit."""
