@@ -159,8 +159,8 @@ def similarity_verdict(
     ]
     if greedy is not None:
         rows.append(Row("greedy token match", "", f"{greedy:.3f}", "", "", None))
-    # the session adds what the numbers were measured on (text hash, window, reference
-    # dtype, device): flat in the measurement, so a baseline can refuse other settings
+    # what the numbers were measured on (text hash, window, reference dtype, device),
+    # flat in the measurement, so a baseline can refuse other settings
     measurement = _as_dict(r)
     measurement.pop("measured_on", None)
     measurement.update(getattr(r, "measured_on", None) or {})

@@ -47,6 +47,7 @@ class FakeSide:
     origin: Int8Origin | None = None
     runtime: str = "fake"
     device: str = "cpu"
+    dtype: str = "float32"
     timers: list[Timer] = field(default_factory=list)
 
     def context_length(self) -> int | None:

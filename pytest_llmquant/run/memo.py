@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ..progress import Progress
     from ..settings import Settings
     from ..similarity.metrics import SimilarityResult
+    from ..similarity.reference import ReferenceStore
     from ..speed.timing import SpeedupResult
     from .pair import ModelPair
     from .store import ModelStore
@@ -49,7 +50,7 @@ class Measurements:
     def similarity(self, pair: ModelPair) -> SimilarityResult:
         return self.once(("similarity", *pair.key), lambda: self._similarity(pair))
 
-    def _stored_reference(self, pair: ModelPair) -> object | None:
+    def _stored_reference(self, pair: ModelPair) -> ReferenceStore | None:
         """The cache dir's stored reference of this pair's model, when the pair's reference
         and tokenizer are the session's own (a fixture override is not: nothing says
         which model it is)."""
@@ -63,34 +64,33 @@ class Measurements:
         return ReferenceStore.for_source(self.store.cache, source, pair.reference, label=pair.label)
 
     def _similarity(self, pair: ModelPair) -> SimilarityResult:
+        from dataclasses import replace
+
         from ..evaltext import load_eval_text
         from ..heap import give_back_freed_memory
-        from ..similarity import DEFAULT_WINDOW, context_length, measure_similarity
+        from ..similarity import MeasuredOn, measure_similarity
 
         text = load_eval_text(self.settings.eval_text)
-        contexts = [c for c in (context_length(pair.reference), context_length(pair.int8)) if c]
-        window = min([DEFAULT_WINDOW, *contexts])
         result = measure_similarity(
-            pair.reference,
-            pair.int8,
+            pair.reference_side,
+            pair.int8_side,
             pair.tokenizer,
             text=text,
             n_tokens=self.settings.eval_tokens,
-            window=window,
             progress=self._progress(),
-            reference=self._stored_reference(pair),  # type: ignore[arg-type]
+            store=self._stored_reference(pair),
         )
+        give_back_freed_memory()
         # what the numbers were measured on, so a baseline can refuse to compare numbers
         # from another text or setting (see baseline.compare)
-        result.measured_on = {  # type: ignore[attr-defined]
-            "eval_text": self.settings.eval_text or "built-in corpus",
-            "eval_text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-            "window": window,
-            "reference_dtype": pair.reference_dtype,
-            "device": pair.device,
-        }
-        give_back_freed_memory()
-        return result
+        measured_on = MeasuredOn(
+            eval_text=self.settings.eval_text or "built-in corpus",
+            eval_text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            window=result.window,
+            reference_dtype=pair.reference_dtype,
+            device=pair.device,
+        )
+        return replace(result, measured_on=measured_on)
 
     def speedup(self, pair: ModelPair, threshold: float) -> SpeedupResult:
         from ..speed.timing import measure_speedup

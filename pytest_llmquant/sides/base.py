@@ -108,6 +108,12 @@ class ModelSide(Protocol):
         """Where the INT8 side came from, with its bit width (None for a reference)."""
         ...
 
+    @property
+    def dtype(self) -> str:
+        """What it computes in: ``float32``, ``bfloat16`` (a llama.cpp side: its file
+        type); part of the stored similarity reference's key."""
+        ...
+
     def context_length(self) -> int | None:
         """The longest sequence it accepts, if it says; windows and prompts are cut to fit."""
         ...

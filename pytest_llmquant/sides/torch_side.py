@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..models.causal_lm import context_length, model_device, vocab_size
+from ..models.causal_lm import context_length, model_device, model_dtype, vocab_size
 from .base import ProbeSpec, ShippedFile
 
 if TYPE_CHECKING:
@@ -67,6 +67,10 @@ class TorchSide:
     @property
     def device(self) -> str:
         return str(model_device(self.model))
+
+    @property
+    def dtype(self) -> str:
+        return model_dtype(self.model)
 
     def context_length(self) -> int | None:
         return context_length(self.model)
