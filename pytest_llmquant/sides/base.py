@@ -91,8 +91,12 @@ class ModelSide(Protocol):
     label: str
     #: one of :data:`RUNTIMES`: a baseline never compares numbers across runtimes
     runtime: str
-    #: where it computes: ``cpu``, ``cuda:0``
-    device: str
+
+    @property
+    def device(self) -> str:
+        """Where it computes: ``cpu``, ``cuda:0`` (read-only: a property or an attribute)."""
+        ...
+
     #: where the INT8 side came from (None for a reference)
     origin: Int8Origin | None
 
