@@ -305,7 +305,8 @@ class LlmqSession:
                 pair.tokenizer,
                 threshold=threshold,
                 new_tokens=self.settings.new_tokens,
-                threads=self.threads,
+                # not set: the speed gate takes the cores free when it starts
+                threads=None if self.settings.origin.get("threads") == "default" else self.threads,
                 time_budget=self.settings.time_budget,
                 progress=self.progress(),
             )
