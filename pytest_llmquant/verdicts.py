@@ -183,26 +183,17 @@ def similarity_verdict(
 # -- speedup ------------------------------------------------------------------------
 
 
-def speedup_verdict(
-    result: SpeedupResult,
-    pair: str,
-    *,
-    min_speedup: float,
-    reference: str = "FP32",
-    inconclusive: str = "fail",
-) -> GateResult:
-    """The gate's verdict. An inconclusive measurement (the CPU too busy to judge) counts
-    as ``inconclusive`` says (``--llmq-speed-inconclusive``): a failure, a skip (raised as
-    :class:`~pytest_llmquant.errors.LlmqSkip`) or a pass, always with its own message."""
-    r = result
+def _speedup_message(
+    r: SpeedupResult, pair: str, min_speedup: float, reference: str, inconclusive: str
+) -> tuple[str, bool]:
+    """The one-line message and whether the test passes."""
     passed = r.verdict == "pass"
     ci = f"{int(round(100 * r.confidence))}% CI {r.ci_low:.2f}–{r.ci_high:.2f}"
-    cmp = "≥" if passed else "<"
     measured = (
         f"INT8 {r.speedup:.2f}x faster than {reference} ({ci}, {r.n_pairs} interleaved pairs, "
         f"{r.threads} threads)"
     )
-    outcome = "passed" if passed else "failed"
+    outcome, cmp = ("passed", "≥") if passed else ("failed", "<")
     message = f"quant_speedup {outcome} for {pair}: {measured} {cmp} {_g(min_speedup)}x"
     if r.verdict == "inconclusive":
         message = (
@@ -226,6 +217,23 @@ def speedup_verdict(
         )
     if r.threads_note:
         message += f"; {r.threads_note}"
+    return message, passed
+
+
+def speedup_verdict(
+    result: SpeedupResult,
+    pair: str,
+    *,
+    min_speedup: float,
+    reference: str = "FP32",
+    inconclusive: str = "fail",
+) -> GateResult:
+    """The gate's verdict. An inconclusive measurement (the CPU too busy to judge) counts
+    as ``inconclusive`` says (``--llmq-speed-inconclusive``): a failure, a skip (raised as
+    :class:`~pytest_llmquant.errors.LlmqSkip`) or a pass, always with its own message."""
+    r = result
+    message, passed = _speedup_message(r, pair, min_speedup, reference, inconclusive)
+    judged = r.verdict != "inconclusive"
     rows = [
         Row(
             "ms/token",
@@ -233,7 +241,7 @@ def speedup_verdict(
             f"{r.int8_ms_per_token:.2f}",
             f"{r.speedup:.2f}x",
             f"≥ {_g(min_speedup)}x",
-            passed if r.verdict != "inconclusive" else None,
+            passed if judged else None,
         ),
         Row(
             "tokens/s",
@@ -243,7 +251,7 @@ def speedup_verdict(
             "",
             None,
         ),
-        Row("speedup CI", "", "", f"{r.ci_low:.2f}–{r.ci_high:.2f}", ci.split(" CI")[0], None),
+        Row("speedup CI", "", "", f"{r.ci_low:.2f}–{r.ci_high:.2f}", f"{r.confidence:.0%}", None),
         Row("CPU contention", "", "", r.contention.short(), "", None),
     ]
     return GateResult(
@@ -254,7 +262,7 @@ def speedup_verdict(
         rows,
         _as_dict(r),
         {"min_speedup": min_speedup},
-        close=bool(r.close) or r.verdict == "inconclusive",
+        close=bool(r.close) or not judged,
     )
 
 
