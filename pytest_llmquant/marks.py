@@ -54,6 +54,7 @@ def quant_speedup(
         pair.name,
         min_speedup=threshold,
         reference=pair.reference_label,
+        inconclusive=session.settings.speed_inconclusive,
     )
 
 

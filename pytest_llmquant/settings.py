@@ -39,6 +39,17 @@ from .setting_checks import (
     writable_path,
 )
 
+#: what an inconclusive speed gate counts as (--llmq-speed-inconclusive); "fail" first: the
+#: default, since a gate that cannot decide must not go green silently
+SPEED_INCONCLUSIVE = ("fail", "skip", "pass")
+
+
+def _one_of(value: Any, choices: tuple[str, ...]) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)}")
+    return text
+
 
 @dataclass(frozen=True)
 class Option:
@@ -168,6 +179,14 @@ OPTIONS: tuple[Option, ...] = (
         example="5",
     ),
     Option(
+        "speed_inconclusive",
+        "what a speed gate that cannot judge (the CPU too busy: see docs/gates.md) counts "
+        "as: fail, skip or pass",
+        check=lambda value: _one_of(value, SPEED_INCONCLUSIVE),
+        default="fail",
+        example="skip",
+    ),
+    Option(
         "new_tokens",
         "decode steps per prompt in the speed gate (then the next prompt is prefilled); "
         "tokens generated per benchmark round",
@@ -269,6 +288,7 @@ class Settings:
     min_speedup: float = BY_NAME["min_speedup"].default
     min_memory_ratio: float = BY_NAME["min_memory_ratio"].default
     time_budget: float = BY_NAME["time_budget"].default
+    speed_inconclusive: str = BY_NAME["speed_inconclusive"].default
     new_tokens: int = BY_NAME["new_tokens"].default
     suite: bool = BY_NAME["suite"].default
     report: str | None = BY_NAME["report"].default

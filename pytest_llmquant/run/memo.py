@@ -98,12 +98,13 @@ class Measurements:
         return self.once(
             ("speedup", *pair.key, threshold),
             lambda: measure_speedup(
-                pair.reference,
-                pair.int8,
+                pair.reference_side,
+                pair.int8_side,
                 pair.tokenizer,
                 threshold=threshold,
                 new_tokens=self.settings.new_tokens,
-                threads=self.settings.threads,
+                # not set: the speed gate takes the cores free when it starts
+                threads=None if self.settings.origin.get("threads") == "default" else self.settings.threads,
                 time_budget=self.settings.time_budget,
                 progress=self._progress(),
             ),
