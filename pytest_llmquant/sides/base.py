@@ -91,10 +91,13 @@ class ModelSide(Protocol):
     label: str
     #: one of :data:`RUNTIMES`: a baseline never compares numbers across runtimes
     runtime: str
-    #: where it computes: ``cpu``, ``cuda:0``
-    device: str
     #: where the INT8 side came from (None for a reference)
     origin: Int8Origin | None
+
+    @property
+    def device(self) -> str:
+        """Where it computes: ``cpu``, ``cuda:0``."""
+        ...
 
     def context_length(self) -> int | None:
         """The longest sequence it accepts, if it says; windows and prompts are cut to fit."""
