@@ -213,14 +213,14 @@ def llmq_pair(
 ) -> ModelPair:
     """Both models, the tokenizer, the coverage and where the INT8 model came from, as the
     gates see them."""
+    from .int8.routes import origin_of_model
     from .layers import coverage
-    from .origin import from_model
 
     built = llmq_session.built_int8(llmq_model_id, llmq_scheme)
     if built is not None and built.model is int8_model:
         origin, cov = built.origin, built.coverage
     else:  # the int8_model fixture is overridden: describe the model it returned
-        origin, cov = from_model(int8_model, "fixture"), coverage(fp32_model, int8_model)
+        origin, cov = origin_of_model(int8_model, "fixture"), coverage(fp32_model, int8_model)
     pair = ModelPair(
         llmq_model_id,
         llmq_session.label_of(llmq_model_id),
