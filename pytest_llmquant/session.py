@@ -146,7 +146,8 @@ class LlmqSession:
     ) -> ModelPair:
         """The pair the gates of one test measure, recorded for the reports."""
         from .layers import Coverage, coverage
-        from .origin import Int8Origin, from_model
+        from .int8.routes import origin_of_model
+        from .origin import Int8Origin
         from .run.pair import is_side
 
         built = self.store.built_int8(spec, scheme)
@@ -157,7 +158,7 @@ class LlmqSession:
             origin = side.origin or Int8Origin("fixture", side.label, bits=None)
             cov = Coverage()
         else:  # the int8_model fixture is overridden: describe the model it returned
-            origin, cov = from_model(int8, "fixture"), coverage(reference, int8)  # type: ignore[arg-type]
+            origin, cov = origin_of_model(int8, "fixture"), coverage(reference, int8)  # type: ignore[arg-type]
         pair = ModelPair(
             spec,
             self.label_of(spec),

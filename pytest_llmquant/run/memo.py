@@ -116,13 +116,10 @@ class Measurements:
         return self.once(
             ("memory", *pair.key, kind),
             lambda: measure_memory(
-                pair.reference,
-                pair.int8,
+                pair.reference_side,
+                pair.int8_side,
                 kind,
-                spec=self.reference_probe(pair.model_id),
-                scheme=pair.scheme,
-                origin=pair.origin,
-                tokenizer=pair.tokenizer,
+                spec=pair.reference_probe or self.reference_probe(pair.model_id),
             ),
         )
 

@@ -108,18 +108,8 @@ class ModelPair:
         """The INT8 model as a model side, saved and probed the way its route says."""
         if is_side(self.int8):
             return self.int8  # type: ignore[return-value]
-        from ..int8 import on_disk
+        from ..int8.routes import int8_side
         from ..origin import Int8Origin
-        from ..sides.torch_side import TorchSide
 
-        model = self.int8
         origin = self.origin or Int8Origin("scheme", self.scheme, scheme=self.scheme)
-        tokenizer = self.tokenizer
-        return TorchSide(
-            model,  # type: ignore[arg-type]
-            self.int8_label,
-            origin=origin,
-            tokenizer=tokenizer,
-            ship=lambda directory: on_disk.shipped_file(model, origin, directory),
-            probe=lambda workdir: on_disk.probe_spec(model, tokenizer, origin, workdir),
-        )
+        return int8_side(self.int8, origin, self.tokenizer)  # type: ignore[arg-type]
