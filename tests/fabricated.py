@@ -62,7 +62,9 @@ def similarity(pair: str = PAIR, *, mean_kld: float = 0.0041, same_top: float = 
 
 def speedup(pair: str = PAIR, *, point: float = 2.0, low: float = 1.8, high: float = 2.2,
             n_pairs: int = 12, threshold: float = 1.0) -> Any:  # fmt: skip
-    r = SimpleNamespace(
+    from pytest_llmquant.speed.timing import SpeedupResult
+
+    r = SpeedupResult(
         verdict="pass" if point >= threshold else "fail",
         speedup=point,
         ci_low=low,
@@ -72,12 +74,15 @@ def speedup(pair: str = PAIR, *, point: float = 2.0, low: float = 1.8, high: flo
         rule="interval clear of the threshold",
         threshold=threshold,
         n_pairs=n_pairs,
-        fp32_ms_per_token=20.0,
+        reference_ms_per_token=20.0,
         int8_ms_per_token=20.0 / point,
-        fp32_tokens_per_s=50.0,
+        reference_tokens_per_s=50.0,
         int8_tokens_per_s=50.0 * point,
         threads=2,
-        fp32_samples=[0.020, 0.021, 0.019],
+        new_tokens=32,
+        prompts=4,
+        wall_s=1.0,
+        reference_samples=[0.020, 0.021, 0.019],
         int8_samples=[0.010, 0.011, 0.0105],
     )
     return speedup_verdict(r, pair, min_speedup=threshold)

@@ -101,7 +101,7 @@ def test_stats_from_the_stored_form_match_the_direct_ones():
     from_store = reference_token_stats(stored(fp32, targets), int8, targets)
     # exact side data: the statistics that do not read the 16-bit log-probs are identical
     assert from_store.same_top.tolist() == direct.same_top.tolist()
-    assert from_store.logp_fp32.tolist() == direct.logp_fp32.tolist()
+    assert from_store.logp_reference.tolist() == direct.logp_reference.tolist()
     assert from_store.logp_int8.tolist() == direct.logp_int8.tolist()
     assert from_store.dp.tolist() == direct.dp.tolist()
     # KLD: per token within 1% (rounding errors of random sign, weighted by p (log p - log q)),
@@ -159,7 +159,7 @@ def store_for(root: Path, tiny_gpt2_dir: Path, model) -> ReferenceStore:
 
 def measure(fp32, int8, tok, store, **kw):
     args = {"text": TEXT, "n_tokens": N, "prompts": PROMPTS, "greedy_tokens": 4, **kw}
-    return measure_similarity(fp32, int8, tok, reference=store, **args)
+    return measure_similarity(fp32, int8, tok, store=store, **args)
 
 
 def entries(root: Path, namespace: str = ref_mod.KLD_NAMESPACE) -> list[Path]:

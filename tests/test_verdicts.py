@@ -52,11 +52,10 @@ def test_a_memory_message_says_when_the_weights_are_not_8_bit() -> None:
 
 
 def test_a_speedup_message_names_the_reference_precision() -> None:
-    from types import SimpleNamespace
-
+    from pytest_llmquant.speed.timing import SpeedupResult
     from pytest_llmquant.verdicts import speedup_verdict
 
-    r = SimpleNamespace(
+    r = SpeedupResult(
         verdict="fail",
         confidence=0.99,
         ci_low=0.43,
@@ -64,11 +63,16 @@ def test_a_speedup_message_names_the_reference_precision() -> None:
         speedup=0.70,
         n_pairs=22,
         threads=16,
-        fp32_ms_per_token=16.5,
+        reference_ms_per_token=16.5,
         int8_ms_per_token=23.7,
-        fp32_tokens_per_s=60.5,
+        reference_tokens_per_s=60.5,
         int8_tokens_per_s=42.2,
         close=False,
+        rule="fail: the CI lies below the 1x threshold",
+        threshold=1.0,
+        new_tokens=32,
+        prompts=4,
+        wall_s=2.0,
     )
     message = speedup_verdict(
         r, "llama [weight-only-int8]", min_speedup=1.0, reference="BF16"

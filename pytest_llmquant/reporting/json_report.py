@@ -91,7 +91,7 @@ def _pair(record: RunRecord, name: str, results: list[GateResult]) -> ReportPair
     if "reference_dtype" in summary:
         out["reference_dtype"] = summary["reference_dtype"]
     if "int8" in summary:
-        out["int8"] = summary["int8"]
+        out["int8"] = dict(summary["int8"])
     cov = record.coverages.get(name)
     out["coverage"] = cov.as_dict() if cov is not None else None
     out["passed"] = all(r.passed for r in results)

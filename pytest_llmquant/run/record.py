@@ -8,6 +8,7 @@ output sees the whole run. Nothing here imports torch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypedDict
 
@@ -22,7 +23,7 @@ class PairSummary(TypedDict, total=False):
 
     model: str  # the --llmq-model value
     reference_dtype: str  # float32, bfloat16, float16
-    int8: dict[str, object]  # :meth:`pytest_llmquant.origin.Int8Origin.as_dict`
+    int8: Mapping[str, object]  # :meth:`pytest_llmquant.origin.Int8Origin.as_dict`
     coverage: dict[str, object]  # :meth:`pytest_llmquant.layers.Coverage.as_dict`
 
 

@@ -10,6 +10,7 @@ The gates ask for:
 - **similarity**: :meth:`ModelSide.scored_logits` of token windows (the same ids on both
   sides, tokenized once with the reference's tokenizer) and :meth:`ModelSide.greedy`
   continuations of fixed prompts;
+- **the suite's prompt checks**: :meth:`ModelSide.next_token_logits` of a batch of prompts;
 - **speed**: a :class:`DecodeTimer` from :meth:`ModelSide.decode_timer`: one greedy decode
   step at a time from the side's own KV cache, at a fixed position, so that both sides
   of a pair time the same work; the gate interleaves the two;
@@ -87,14 +88,31 @@ class ModelSide(Protocol):
     model store (:mod:`pytest_llmquant.run.store`).
     """
 
-    #: what the report calls it: ``FP32``, ``BF16``, ``weight-only-int8``, ``llama.cpp Q4_1``
-    label: str
-    #: one of :data:`RUNTIMES`: a baseline never compares numbers across runtimes
-    runtime: str
-    #: where it computes: ``cpu``, ``cuda:0``
-    device: str
-    #: where the INT8 side came from (None for a reference)
-    origin: Int8Origin | None
+    @property
+    def label(self) -> str:
+        """What the report calls it: ``FP32``, ``BF16``, ``weight-only-int8``, ``llama.cpp Q4_1``."""
+        ...
+
+    @property
+    def runtime(self) -> str:
+        """One of :data:`RUNTIMES`: a baseline never compares numbers across runtimes."""
+        ...
+
+    @property
+    def device(self) -> str:
+        """Where it computes: ``cpu``, ``cuda:0``."""
+        ...
+
+    @property
+    def origin(self) -> Int8Origin | None:
+        """Where the INT8 side came from, with its bit width (None for a reference)."""
+        ...
+
+    @property
+    def dtype(self) -> str:
+        """What it computes in: ``float32``, ``bfloat16`` (a llama.cpp side: its file
+        type); part of the stored similarity reference's key."""
+        ...
 
     def context_length(self) -> int | None:
         """The longest sequence it accepts, if it says; windows and prompts are cut to fit."""
@@ -112,6 +130,11 @@ class ModelSide(Protocol):
     def scored_logits(self, input_ids: torch.Tensor, n_scored: int) -> torch.Tensor:
         """The ``(n_scored, vocab)`` float logits of the last ``n_scored`` positions of one
         window ``input_ids`` of shape ``(1, T)``, without a KV cache."""
+        ...
+
+    def next_token_logits(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The ``(len(prompts), vocab)`` float logits of the token after each prompt (token
+        ids), batched where the runtime can: each prompt is read as if alone."""
         ...
 
     def greedy(self, prompts: Sequence[Sequence[int]], new_tokens: int) -> list[list[int]]:

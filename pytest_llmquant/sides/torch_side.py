@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..models.causal_lm import context_length, model_device, vocab_size
+from ..models.causal_lm import context_length, model_device, model_dtype, vocab_size
 from .base import ProbeSpec, ShippedFile
 
 if TYPE_CHECKING:
@@ -68,6 +68,10 @@ class TorchSide:
     def device(self) -> str:
         return str(model_device(self.model))
 
+    @property
+    def dtype(self) -> str:
+        return model_dtype(self.model)
+
     def context_length(self) -> int | None:
         return context_length(self.model)
 
@@ -90,6 +94,23 @@ class TorchSide:
 
     def scored_logits(self, input_ids: torch.Tensor, n_scored: int) -> torch.Tensor:
         return scored_logits(self.model, input_ids, n_scored)
+
+    def next_token_logits(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """One forward pass: prompts padded on the right, so each is read as if alone (a
+        causal model never attends to the padding after a token) and scored at its own
+        last token; only the float summation order of the batched products differs."""
+        import torch
+
+        lengths = torch.tensor([len(p) for p in prompts])
+        pad = self._pad_id()
+        ids = torch.full((len(prompts), int(lengths.max())), 0 if pad is None else pad)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(prompts):
+            ids[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, : len(row)] = 1
+        device = model_device(self.model)
+        out = self.model(ids.to(device), attention_mask=mask.to(device))
+        return out.logits[torch.arange(len(prompts)), lengths - 1]
 
     def _pad_id(self) -> int | None:
         tok = self.tokenizer
