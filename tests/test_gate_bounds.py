@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 from gated_runs import measured_once, round_bounds, run_gated, shown
-from test_timing import FP32, INT8, FakeClock, FakeRunner, jitter
+from speed_fakes import FakeClock, FakeMeter, FakeSide, jitter
 
-import pytest_llmquant.timing as timing
+import pytest_llmquant.speed.timing as timing
 
 NOISY_INT8 = """
 import pytest
@@ -152,20 +152,17 @@ def test_max_ppl_ratio_fails_at_the_round_bound_just_below_it(
 
 @pytest.fixture
 def injected_step_times(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every speed measurement of the run times fake decode steps: FP32 about 40 ms, INT8
-    about 20 ms, each wobbling by a percent or two (test_timing.jitter), on a fake clock.
-    The sampling loop and the statistics are the real ones."""
+    """Every speed measurement of the run times fake decode steps: the reference about
+    40 ms, INT8 about 20 ms, each wobbling by a percent or two (speed_fakes.jitter), on a
+    fake clock and a quiet fake CPU. The sampling loop and the statistics are the real ones."""
     real = timing.measure_speedup
 
-    def measure(fp32_model: Any, int8_model: Any, tokenizer: Any, **kwargs: Any) -> Any:
+    def measure(reference: Any, int8: Any, tokenizer: Any, **kwargs: Any) -> Any:
         clock = FakeClock()
-        steps = FakeRunner(clock, jitter(0.040), jitter(0.020, 0.02))
-        role = {id(fp32_model): FP32, id(int8_model): INT8}
-
-        def runner(model: Any, prompt: int, step: int) -> float:
-            return steps(role[id(model)], prompt, step)
-
-        return real(fp32_model, int8_model, tokenizer, clock=clock, runner=runner, **kwargs)
+        fake_reference = FakeSide(reference.label, jitter(0.040), clock)
+        fake_int8 = FakeSide(int8.label, jitter(0.020, 0.02), clock)
+        kwargs["cpu"] = FakeMeter(clock, others=0.0, stalled=0.0)
+        return real(fake_reference, fake_int8, tokenizer, clock=clock, **kwargs)
 
     monkeypatch.setattr(timing, "measure_speedup", measure)
 

@@ -42,10 +42,10 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def broken_accounting(monkeypatch):
-    import pytest_llmquant.memory as memory
+    import pytest_llmquant.sides.torch_weights as weights
     def boom(model):
         raise RuntimeError("cannot walk this model's tensors")
-    monkeypatch.setattr(memory, "weights_bytes", boom)
+    monkeypatch.setattr(weights, "weights_breakdown", boom)
 """
 
 TESTS = """

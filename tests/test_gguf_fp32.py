@@ -24,8 +24,8 @@ def converted(tmp_path_factory: pytest.TempPathFactory, smollm2_available: None)
     it parsed the GGUF metadata with transformers' GGUFReader-based parser)."""
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
-    from pytest_llmquant.schemes.gguf_fp32 import convert_gguf_to_fp32
-    from pytest_llmquant.sources import resolve
+    from pytest_llmquant.formats.gguf.fp32 import convert_gguf_to_fp32
+    from pytest_llmquant.models.sources import resolve
 
     said: list[str] = []
     parses: list[str] = []
@@ -49,7 +49,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, smollm2_available: None)
     """transformers' route: from_pretrained(gguf_file=...) for the model and the tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pytest_llmquant.sources import resolve
+    from pytest_llmquant.models.sources import resolve
 
     source = resolve("smollm2-135m")
     model = AutoModelForCausalLM.from_pretrained(
@@ -125,9 +125,9 @@ def test_progress_names_each_step(converted: Any) -> None:
 def test_a_truncated_file_fails_before_any_slow_parse(
     tmp_path: Path, smollm2_available: None
 ) -> None:
-    from pytest_llmquant.schemes.gguf_fp32 import convert_gguf_to_fp32
-    from pytest_llmquant.schemes.gguf_header import GGUFFormatError
-    from pytest_llmquant.sources import resolve
+    from pytest_llmquant.formats.gguf.fp32 import convert_gguf_to_fp32
+    from pytest_llmquant.formats.gguf.header import GGUFFormatError
+    from pytest_llmquant.models.sources import resolve
 
     cut = tmp_path / "cut.gguf"
     with open(resolve("smollm2-135m").location, "rb") as src:

@@ -19,8 +19,8 @@ import pytest
 from gguf_files import packaged_smollm2_gguf, rewrite_gguf, splice_gguf, write_small_gguf
 
 from pytest_llmquant import LlmqUsageError, get_scheme, load_fp32
+from pytest_llmquant.int8.gguf_q8_0 import describe_gguf, load_gguf_int8
 from pytest_llmquant.layers import coverage
-from pytest_llmquant.schemes.gguf_q8 import describe_gguf, load_gguf_int8
 
 N_TOKENS = 512  # enough tokens for a stable mean KLD, few enough to keep this file quick
 
@@ -259,7 +259,7 @@ def test_header_reader_matches_gguf_package(smollm2_gguf: Path) -> None:
     """Our fast header reader sees the same tensors, bytes and metadata as gguf.GGUFReader."""
     from gguf import GGUFReader
 
-    from pytest_llmquant.schemes.gguf_header import read_header
+    from pytest_llmquant.formats.gguf.header import read_header
 
     header, reader = read_header(smollm2_gguf), GGUFReader(smollm2_gguf)
     assert [t.name for t in header.tensors] == [t.name for t in reader.tensors]
@@ -282,7 +282,7 @@ def test_describe_gguf_does_not_import_torch(tmp_path: Path) -> None:
 
     path = write_small_gguf(tmp_path / "m.gguf", "llama", {"block_count": 1})
     code = (
-        "import sys; from pytest_llmquant.schemes.gguf_q8 import describe_gguf; "
+        "import sys; from pytest_llmquant.int8.gguf_q8_0 import describe_gguf; "
         "print(describe_gguf(sys.argv[1])[0], 'torch' in sys.modules)"
     )
     out = subprocess.run(

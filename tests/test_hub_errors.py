@@ -11,8 +11,8 @@ from __future__ import annotations
 import huggingface_hub.errors as hub
 import pytest
 
-from pytest_llmquant.loading import _explain
-from pytest_llmquant.sources import ModelSource
+from pytest_llmquant.models.loading import _explain
+from pytest_llmquant.models.sources import ModelSource
 
 SOURCE = ModelSource("some-org/some-model", "hub", "some-model", "some-org/some-model")
 PREFIX = "could not load 'some-org/some-model' from the Hugging Face hub: "

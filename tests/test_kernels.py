@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmquant import cache as cache_mod
-from pytest_llmquant.cache import MANIFEST, LlmqCacheWarning, ModelCache, sha256_file
+from pytest_llmquant.models import cache as cache_mod
+from pytest_llmquant.models.cache import MANIFEST, LlmqCacheWarning, ModelCache, sha256_file
 from pytest_llmquant.schemes import kernels
 from pytest_llmquant.schemes.kernels import build
 

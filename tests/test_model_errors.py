@@ -78,7 +78,7 @@ def test_hub_id_with_traversal_is_rejected(pytester: pytest.Pytester) -> None:
 
 
 def test_cache_entries_are_named_by_hash_not_by_model_id(tmp_path: Path) -> None:
-    from pytest_llmquant.cache import ModelCache
+    from pytest_llmquant.models.cache import ModelCache
 
     cache = ModelCache(tmp_path / "c")
     entry = cache.entry_path("fp32", "../../../../etc/evil")
@@ -121,7 +121,7 @@ def test_hub_unreachable_names_the_id_and_the_fixes(
 def test_truncated_gguf(
     pytester: pytest.Pytester, tmp_path: Path, smollm2_available: None, cache_dir: Path
 ) -> None:
-    from pytest_llmquant.sources import resolve
+    from pytest_llmquant.models.sources import resolve
 
     real = Path(resolve("smollm2-135m").location)
     cut = tmp_path / "cut.gguf"

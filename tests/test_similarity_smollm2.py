@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 def smollm2(smollm2_available: None, shared_cache_dir: Path):
     import torch
 
-    from pytest_llmquant.cache import ModelCache
-    from pytest_llmquant.loading import load_fp32
+    from pytest_llmquant.models.cache import ModelCache
+    from pytest_llmquant.models.loading import load_fp32
 
     torch.set_num_threads(1)
     return load_fp32("smollm2-135m", cache=ModelCache(shared_cache_dir))
@@ -26,16 +26,16 @@ def test_kld_from_the_stored_reference_matches_the_direct_computation(
 ) -> None:
     """Mean KLD ~0.0011 ± 0.00002: the 16-bit log-probs move it by far less than 1% of
     either, and every statistic that reads exact side data is identical."""
-    from pytest_llmquant.cache import ModelCache
     from pytest_llmquant.int8.build import build_int8
+    from pytest_llmquant.models.cache import ModelCache
+    from pytest_llmquant.models.sources import resolve
     from pytest_llmquant.similarity import ReferenceStore, measure_similarity
-    from pytest_llmquant.sources import resolve
 
     fp32, tok = smollm2
     int8, _ = build_int8(fp32, "weight-only-int8")
     store = ReferenceStore.for_source(ModelCache(tmp_path), resolve("smollm2-135m"), fp32)
     direct = measure_similarity(fp32, int8, tok, prompts=())
-    cached = measure_similarity(fp32, int8, tok, prompts=(), reference=store)
+    cached = measure_similarity(fp32, int8, tok, prompts=(), store=store)
     assert direct.n_tokens == cached.n_tokens == 2048
     assert 0.0005 < direct.mean_kld < 0.005  # the figure this bound is about
     err = abs(cached.mean_kld - direct.mean_kld)

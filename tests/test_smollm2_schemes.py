@@ -19,7 +19,7 @@ EVAL_TOKENS = 512
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_available: None, shared_cache_dir: Path) -> tuple[Any, Any]:
-    from pytest_llmquant.loading import load_fp32
+    from pytest_llmquant.models.loading import load_fp32
 
     return load_fp32("smollm2-135m", cache_dir=str(shared_cache_dir))
 

@@ -12,8 +12,13 @@ import pytest
 import torch
 from user_int8_models import load, logits, make_tiny_llama, reload_logits
 
-from pytest_llmquant.user_int8 import SaveOutcome, describe_checkpoint, describe_int8, save_int8
-from pytest_llmquant.user_int8.save import model_files
+from pytest_llmquant.int8.third_party import (
+    SaveOutcome,
+    describe_checkpoint,
+    describe_int8,
+    save_int8,
+)
+from pytest_llmquant.int8.third_party.save import model_files
 
 #: far below the effect of quantizing (~1e-2 on these logits), far above float noise
 SAME = {"atol": 1e-5, "rtol": 0.0}
@@ -112,7 +117,7 @@ def test_quanto_qint8_is_saved_in_quantos_own_format(llama_dir: Path, tmp_path: 
 
 def test_quanto_keeps_a_tied_lm_head_tied(tmp_path: Path) -> None:
     quanto = pytest.importorskip("optimum.quanto")
-    from pytest_llmquant.user_int8 import load_saved_int8
+    from pytest_llmquant.int8.third_party import load_saved_int8
 
     tied_dir = make_tiny_llama(tmp_path / "tied", tied=True)
     model = load(tied_dir)
@@ -178,7 +183,7 @@ def test_a_scheme_save_that_fails_is_a_reason_not_an_error(llama_dir: Path, tmp_
     model = load(llama_dir)
     quantization.quantize_(model.lm_head, quantization.Int8WeightOnlyConfig())
     model.model = get_scheme("weight-only-int8").quantize(model.model)
-    assert describe_int8(model).route == "llmq"
+    assert describe_int8(model).library == "llmq"
     reason = save_int8(model, tmp_path / "int8")
     assert isinstance(reason, str) and "\n" not in reason
     assert reason.startswith("cannot save the weight-only-int8 model safely: saving failed (")

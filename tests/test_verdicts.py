@@ -55,11 +55,10 @@ def test_a_memory_message_says_when_the_weights_are_not_8_bit() -> None:
 
 
 def test_a_speedup_message_names_the_reference_precision() -> None:
-    from types import SimpleNamespace
-
+    from pytest_llmquant.speed.timing import SpeedupResult
     from pytest_llmquant.verdicts import speedup_verdict
 
-    r = SimpleNamespace(
+    r = SpeedupResult(
         verdict="fail",
         confidence=0.99,
         ci_low=0.43,
@@ -67,11 +66,16 @@ def test_a_speedup_message_names_the_reference_precision() -> None:
         speedup=0.70,
         n_pairs=22,
         threads=16,
-        fp32_ms_per_token=16.5,
+        reference_ms_per_token=16.5,
         int8_ms_per_token=23.7,
-        fp32_tokens_per_s=60.5,
+        reference_tokens_per_s=60.5,
         int8_tokens_per_s=42.2,
         close=False,
+        rule="fail: the CI lies below the 1x threshold",
+        threshold=1.0,
+        new_tokens=32,
+        prompts=4,
+        wall_s=2.0,
     )
     message = speedup_verdict(
         r, "llama [weight-only-int8]", min_speedup=1.0, reference="BF16"
@@ -114,10 +118,14 @@ def test_a_same_top_just_under_its_bound_is_not_printed_as_equal() -> None:
 
 
 def speedup(verdict: str, low: float, high: float, point: float, close: bool = False) -> Any:
-    return SimpleNamespace(
-        verdict=verdict, confidence=0.99, ci_low=low, ci_high=high, speedup=point, n_pairs=8,
-        threads=1, fp32_ms_per_token=40.0, int8_ms_per_token=20.0, fp32_tokens_per_s=25.0,
-        int8_tokens_per_s=50.0, close=close,
+    """A measured speedup on a quiet CPU, with the interval and point given."""
+    from pytest_llmquant.speed.timing import SpeedupResult
+
+    return SpeedupResult(
+        verdict=verdict, speedup=point, ci_low=low, ci_high=high, confidence=0.99, close=close,
+        rule="given", threshold=1.0, n_pairs=8, reference_ms_per_token=40.0,
+        int8_ms_per_token=20.0, reference_tokens_per_s=25.0, int8_tokens_per_s=50.0, threads=1,
+        new_tokens=32, prompts=4, wall_s=1.0, reference_samples=[0.04], int8_samples=[0.02],
     )  # fmt: skip
 
 

@@ -2,7 +2,7 @@
 
 Why this shape:
 
-- The library is an entry of :class:`pytest_llmquant.cache.ModelCache` (namespace
+- The library is an entry of :class:`pytest_llmquant.models.cache.ModelCache` (namespace
   ``kernels``), so it gets that cache's guarantees without a second copy of the code:
   the unwritable-dir fallback (a temporary dir and one warning), a file lock so two
   xdist workers compile once, a build in a private directory published by one atomic
@@ -121,7 +121,7 @@ def library_name(src: bytes, cc: list[str], version: str) -> str:
 def build_and_load(cache_dir: str | None) -> tuple[ctypes.CDLL, Path]:
     """The kernel library, compiled into ``<cache dir>/kernels/`` if it is not there (or
     fails its checksum), and its path. Raises RuntimeError or OSError on any failure."""
-    from ...cache import ModelCache
+    from ...models.cache import ModelCache
 
     cc = compiler_command()
     src = source()
