@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, cast
 
 import pytest
 
@@ -115,6 +115,11 @@ def llmq_benchmark(
 ) -> LlmqBenchmark:
     """Record FP32 or INT8 generation in pytest-benchmark: ``llmq_benchmark.run("int8")``.
     Group = model, extra_info = model, scheme, threads, ms/token, tokens/s, speedup, versions."""
-    from .speed.benchmark import LlmqBenchmark
+    from .speed.benchmark import Benchmark, LlmqBenchmark
 
-    return LlmqBenchmark(benchmark, llmq_pair, llmq_session, llmq_session.settings.new_tokens)
+    return LlmqBenchmark(
+        cast("Benchmark", benchmark),  # pytest-benchmark's fixture, as far as we use it
+        llmq_pair,
+        llmq_session.record,
+        llmq_session.settings.new_tokens,
+    )

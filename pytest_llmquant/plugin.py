@@ -218,11 +218,11 @@ _LLMQ_EXIT = pytest.StashKey["int | None"]()
 def _finish_outputs(config: pytest.Config, terminalreporter: TerminalReporter | None) -> None:
     """Reports, Markdown, baseline save/compare: once per run (outputs.finish_session)."""
     session = config.stash.get(SESSION_KEY, None)
-    if session is None or _LLMQ_EXIT in config.stash:
-        return
+    if session is None or _LLMQ_EXIT in config.stash or in_xdist_worker(config):
+        return  # an xdist worker writes nothing: the controller has its results
     from .reporting.finish import finish_session
 
-    config.stash[_LLMQ_EXIT] = finish_session(session, terminalreporter)
+    config.stash[_LLMQ_EXIT] = finish_session(session.record, terminalreporter)
 
 
 def pytest_terminal_summary(
@@ -234,7 +234,7 @@ def pytest_terminal_summary(
     if not session.record.empty:
         from .reporting.terminal import write_terminal_summary
 
-        write_terminal_summary(terminalreporter, session)
+        write_terminal_summary(terminalreporter, session.record)
     _finish_outputs(config, terminalreporter)
 
 

@@ -27,9 +27,7 @@ from .settings import Settings, set_where
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .layers import Coverage
     from .progress import Progress
-    from .run.record import PairSummary
     from .sides.base import ModelSide
     from .verdicts import GateResult
 
@@ -103,31 +101,6 @@ class LlmqSession:
         """Every gate result of the run, in run order (the run record's)."""
         return self.record.results
 
-    # -- read by reporting/ and baseline/ until they take the run record (temporary) ------
-    @property
-    def load_times(self) -> dict[str, float]:
-        return {spec: load.seconds for spec, load in self.record.loads.items()}
-
-    @property
-    def load_notes(self) -> dict[str, str]:
-        return {spec: load.note for spec, load in self.record.loads.items() if load.note}
-
-    @property
-    def coverages(self) -> dict[str, Coverage]:
-        return self.record.coverages
-
-    @property
-    def pairs(self) -> dict[str, PairSummary]:
-        return self.record.pairs
-
-    @property
-    def device(self) -> str:
-        return self.settings.device
-
-    @property
-    def threads(self) -> int:
-        return self.settings.threads
-
     def label_of(self, spec: str) -> str:
         return self.record.label_of(spec)
 
@@ -145,8 +118,8 @@ class LlmqSession:
         self, spec: str, scheme: str, reference: object, int8: object, tokenizer: object
     ) -> ModelPair:
         """The pair the gates of one test measure, recorded for the reports."""
-        from .layers import Coverage, coverage
         from .int8.routes import origin_of_model
+        from .layers import Coverage, coverage
         from .origin import Int8Origin
         from .run.pair import is_side
 

@@ -116,6 +116,18 @@ def _vs(value: float, bound: float, decimals: int = 2) -> str:
     return f"{value:.9g}"
 
 
+def _vs_g(value: float, bound: float, digits: int = 2) -> str:
+    """:func:`_vs` in significant digits, for values far below 1: "mean KLD 0.011 > 0.0112"
+    reads as false, "mean KLD 0.0113 > 0.0112" does not."""
+    if not math.isfinite(value):
+        return _g(value, digits)
+    for d in range(digits, 9):
+        text = f"{value:.{d}g}"
+        if value == bound or float(text) != float(f"{bound:.{d}g}"):
+            return text
+    return f"{value:.9g}"
+
+
 # -- similarity -------------------------------------------------------------------
 
 
@@ -127,8 +139,8 @@ def similarity_verdict(
     top_ok = r.same_top >= min_same_top
     ppl_ok = r.ppl_ratio <= max_ppl_ratio
     parts = {
-        "kl": f"mean KLD {_g(r.mean_kld, 2)} ± {_g(r.kld_se, 1)} {'≤' if kl_ok else '>'} {_g(max_kl)}",
-        "top": f"same-top {r.same_top:.3f} ± {r.same_top_se:.3f} {'≥' if top_ok else '<'} {_g(min_same_top)}",
+        "kl": f"mean KLD {_vs_g(r.mean_kld, max_kl)} ± {_g(r.kld_se, 1)} {'≤' if kl_ok else '>'} {_g(max_kl)}",
+        "top": f"same-top {_vs(r.same_top, min_same_top, 3)} ± {r.same_top_se:.3f} {'≥' if top_ok else '<'} {_g(min_same_top)}",
         "ppl": f"PPL {r.ppl_fp32:.2f} → {r.ppl_int8:.2f} (ratio {_vs(r.ppl_ratio, max_ppl_ratio)} "
         f"{'≤' if ppl_ok else '>'} {_g(max_ppl_ratio)})",
     }
@@ -188,9 +200,18 @@ def _speedup_message(
 ) -> tuple[str, bool]:
     """The one-line message and whether the test passes."""
     passed = r.verdict == "pass"
-    ci = f"{int(round(100 * r.confidence))}% CI {r.ci_low:.2f}–{r.ci_high:.2f}"
+    # the number that decided (the point estimate of a close call, else the interval's end
+    # nearer the threshold), with enough decimals not to print as the threshold does
+    point, low, high = f"{r.speedup:.2f}", f"{r.ci_low:.2f}", f"{r.ci_high:.2f}"
+    if r.close:
+        point = _vs(r.speedup, min_speedup)
+    elif passed:
+        low = _vs(r.ci_low, min_speedup)
+    else:
+        high = _vs(r.ci_high, min_speedup)
+    ci = f"{int(round(100 * r.confidence))}% CI {low}–{high}"
     measured = (
-        f"INT8 {r.speedup:.2f}x faster than {reference} ({ci}, {r.n_pairs} interleaved pairs, "
+        f"INT8 {point}x faster than {reference} ({ci}, {r.n_pairs} interleaved pairs, "
         f"{r.threads} threads)"
     )
     outcome, cmp = ("passed", "≥") if passed else ("failed", "<")

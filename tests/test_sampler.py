@@ -141,7 +141,7 @@ def test_a_close_case_samples_on_past_the_budget_before_the_point_estimate() -> 
     # a pair that would end past the (extended) budget is not started: 46 * 0.2 <= 9.3
     assert len(result.reference) == 46
     assert result.sampling_s == pytest.approx(9.2) and result.sampling_s <= 3 * 3.1
-    assert result.verdict in ("pass", "fail")
+    assert result.verdict == ("pass" if result.decision.speedup >= 1.5 else "fail")
     assert result.rule.startswith(f"{result.verdict} (close): the 99% signed-rank CI")
     assert result.decision.ci_low < 1.5 <= result.decision.ci_high
 

@@ -55,8 +55,10 @@ def test_env_wins_over_ini_and_cli_wins_over_env(pytester: pytest.Pytester, monk
 
 
 def test_settings_are_frozen() -> None:
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        Settings().max_kl = 1.0  # type: ignore[misc]
+    settings = Settings()
+    with pytest.raises(dataclasses.FrozenInstanceError, match="max_kl"):  # only our field name
+        settings.max_kl = 1.0  # type: ignore[misc]
+    assert settings.max_kl == Settings().max_kl
 
 
 #: one bad value per checked option, and the words its error must contain

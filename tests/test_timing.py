@@ -104,7 +104,8 @@ def test_a_borderline_case_samples_past_the_budget_then_is_close() -> None:
     reference, int8 = borderline(1.5, pair_seconds=0.2)
     result, _, _ = run(reference, int8, threshold=1.5, time_budget=3.1, warmup=0)
     assert result.close and result.stopped == "budget" and result.extended
-    assert result.verdict in ("pass", "fail")
+    # a close call is settled on the point estimate (Hodges-Lehmann)
+    assert result.verdict == ("pass" if result.speedup >= 1.5 else "fail")
     assert result.n_pairs == 46  # 9.2 s of 0.2 s pairs: up to 3x the 3.1 s budget
     assert result.wall_s == pytest.approx(9.2) and result.sampling_s == pytest.approx(9.2)
     assert result.ci_low < 1.5 <= result.ci_high
@@ -374,7 +375,7 @@ def test_end_to_end_both_models_do_the_same_work(
         model, other, tok, threshold=1.0, prompts=prompts, new_tokens=5, threads=1,
         time_budget=1e9, warmup=3, min_pairs=12, max_pairs=12, cpu=quiet_meter(),
     )  # fmt: skip
-    assert result.n_pairs == 12 and result.verdict in ("pass", "fail")
+    assert result.n_pairs == 12  # the verdict is whatever real timings say: not checked here
     assert all(s > 0 for s in result.reference_samples + result.int8_samples)
     assert spies["reference"].calls == spies["int8"].calls  # identical work, call by call
     expected: list[tuple[int, int]] = []

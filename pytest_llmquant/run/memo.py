@@ -104,7 +104,9 @@ class Measurements:
                 threshold=threshold,
                 new_tokens=self.settings.new_tokens,
                 # not set: the speed gate takes the cores free when it starts
-                threads=None if self.settings.origin.get("threads") == "default" else self.settings.threads,
+                threads=None
+                if self.settings.origin.get("threads") == "default"
+                else self.settings.threads,
                 time_budget=self.settings.time_budget,
                 progress=self._progress(),
             ),

@@ -8,6 +8,7 @@ output sees the whole run. Nothing here imports torch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypedDict
 
@@ -22,7 +23,7 @@ class PairSummary(TypedDict, total=False):
 
     model: str  # the --llmq-model value
     reference_dtype: str  # float32, bfloat16, float16
-    int8: dict[str, object]  # :meth:`pytest_llmquant.origin.Int8Origin.as_dict`
+    int8: Mapping[str, object]  # :meth:`pytest_llmquant.origin.Int8Origin.as_dict`
     coverage: dict[str, object]  # :meth:`pytest_llmquant.layers.Coverage.as_dict`
 
 
@@ -66,6 +67,14 @@ class RunRecord:
     @property
     def threads(self) -> int | None:
         return self.settings.threads if self.settings is not None else None
+
+    @property
+    def reference_label(self) -> str:
+        """The precision the reference models were loaded in: FP32, BF16, FP16."""
+        from ..session import REFERENCE_LABELS  # the labels ModelPair.reference_label uses
+
+        dtype = self.settings.reference_dtype if self.settings is not None else "float32"
+        return REFERENCE_LABELS.get(dtype, dtype)
 
     def label_of(self, spec: str) -> str:
         """The label of a ``--llmq-model`` value (the value itself when unknown)."""

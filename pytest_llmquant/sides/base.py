@@ -114,11 +114,6 @@ class ModelSide(Protocol):
         type); part of the stored similarity reference's key."""
         ...
 
-    @property
-    def device(self) -> str:
-        """Where it computes: ``cpu``, ``cuda:0``."""
-        ...
-
     def context_length(self) -> int | None:
         """The longest sequence it accepts, if it says; windows and prompts are cut to fit."""
         ...

@@ -212,7 +212,7 @@ class MeasuredOn(TypedDict):
 
     eval_text: str  # the --llmq-eval-text file, or "built-in corpus"
     eval_text_sha256: str
-    window: int  # :attr:`SimilarityResult.window`
+    window: int | None  # :attr:`SimilarityResult.window`
     reference_dtype: str
     device: str
 

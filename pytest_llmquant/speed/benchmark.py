@@ -38,7 +38,8 @@ class Benchmark(Protocol):
 
 
 class Medians(Protocol):
-    """Where the session keeps each entry's median, to compute the speedup between two."""
+    """Where the run keeps each entry's median, to compute the speedup between two (the
+    run record)."""
 
     benchmark_medians: dict[MedianKey, float]
 
@@ -145,7 +146,7 @@ class LlmqBenchmark:
         if median:
             info["ms_per_token"] = 1000 * median / tokens
             info["tokens_per_s"] = tokens / median
-            medians = self.session.record.benchmark_medians
+            medians = self.session.benchmark_medians
             medians[_median_key(pair, precision, tokens)] = median
             other = "fp32" if precision == "int8" else "int8"
             if other_s := medians.get(_median_key(pair, other, tokens)):
