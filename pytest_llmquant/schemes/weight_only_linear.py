@@ -33,6 +33,7 @@ from .int8_math import (
     quantize_per_channel,
     unpack_rows,
 )
+from .weight_only_fused import FusedGroup, single
 
 #: Up to this many tokens per call the C kernel runs (decode, small batches); above it
 #: the weight is dequantized and the float32 GEMM runs (prompt processing).
@@ -72,6 +73,10 @@ class WeightOnlyInt8Linear(nn.Module):
                 f"scales of shape {tuple(scales.shape)} do not fit {tuple(q.shape)} "
                 f"with group_size={group_size}"
             )
+        #: the prepared kernel call this layer's decode runs (:mod:`.weight_only_fused`),
+        #: shared with its siblings when fused; made on first use otherwise
+        self._group: FusedGroup | None = None
+        self._group_index = 0
         self.register_buffer("packed", None)
         self.register_buffer("weight_int8", q.to(torch.int8).contiguous())
         self.register_buffer("scales", scales.to(torch.float32).contiguous())
@@ -100,7 +105,16 @@ class WeightOnlyInt8Linear(nn.Module):
             if new is not None and new.dtype != torch.float32:
                 self._buffers[name] = old.to(new.device)
         self._match_layout_to_device()
+        if self._group is not None and not self._group.intact():
+            self._group.dissolve()  # moved, or its buffers replaced: a call of its own later
         return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the prepared call behind (it holds raw pointers into
+        this layer's tensors); the copy makes its own on first use."""
+        state = self.__dict__.copy()
+        state["_group"] = None
+        return state
 
     def _match_layout_to_device(self) -> None:
         """Packed where the C kernel can read it (the CPU, a packable shape), row-major
@@ -154,23 +168,34 @@ class WeightOnlyInt8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # decode fast path: a few microseconds of Python per call matter here, because
-        # a 135M model makes ~200 of these calls per generated token
-        packed = self.packed  # a buffer read goes through nn.Module.__getattr__: once
+        # a 135M model makes ~120 of these calls per generated token (fused siblings)
+        group = self._group
         if (
-            packed is not None
+            group is not None
             and kernels.loaded()
             and x.dtype is torch.float32
-            and x.is_contiguous()
             and x.device.type == "cpu"
-            and 0 < x.numel() <= KERNEL_MAX_TOKENS * (k := self.in_features)
+            and x.is_contiguous()
+            and 0 < x.numel() <= KERNEL_MAX_TOKENS * self.in_features
         ):
-            y = x.new_empty((*x.shape[:-1], self.out_features))
-            kernels.wo_packed(packed, x, self.bias, y, self.out_features, k, self.block)
-            return y
+            y = group.output(self._group_index, x)
+            if y is not None:
+                return y
         return self._forward_general(x)
 
     def _forward_general(self, x: torch.Tensor) -> torch.Tensor:
         n, k = self.out_features, self.in_features
+        if (
+            self._group is None
+            and self._buffers["packed"] is not None
+            and x.device.type == "cpu"
+            and kernels.available()
+            and single(self) is not None
+            and x.dtype is torch.float32
+            and x.is_contiguous()
+            and 0 < x.numel() <= KERNEL_MAX_TOKENS * k
+        ):
+            return self.forward(x)  # the call it has just made
         lead = x.shape[:-1]
         m = lead.numel()
         if (

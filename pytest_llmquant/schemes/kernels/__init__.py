@@ -24,6 +24,7 @@ import ctypes
 import functools
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,7 +62,7 @@ ENOMEM = 1
 EINVAL = 2
 
 #: Calls with fewer multiply-adds than this run on one thread (see :func:`threads_for`).
-PARALLEL_MIN_WORK = 1 << 23
+PARALLEL_MIN_WORK = 1 << 16
 #: rows per block and columns per chunk of the packed layout (``int8_math.pack_rows``)
 _PK_ROWS, _PK_COLS = 4, 32
 
@@ -172,18 +173,31 @@ def path_description(fallback: str = "torch dequantize fallback") -> str:
 
 
 def threads_for(work: int) -> int:
-    """OpenMP threads for a call doing ``work`` multiply-adds: 1 below ``PARALLEL_MIN_WORK``.
+    """OpenMP threads for a call doing ``work`` multiply-adds: the session's
+    (``torch.get_num_threads()``) from ``PARALLEL_MIN_WORK`` on, else 1.
 
-    On a small CPU shared with other processes, waking a second thread for each small
-    matrix-vector product costs more than it saves (a parallel region waits for a thread
-    the OS has not scheduled yet: we measured 100x slowdowns of 1536x576 products on a
-    2-core machine under load), so only big layers (``lm_head``) and prompts fan out.
+    The kernel's parallel regions run on the same libgomp thread pool as torch's own ops
+    (the process loads one OpenMP runtime), so fanning out costs a fork/join of threads
+    that are already spinning, not a thread start. Below the grain that fork/join costs
+    more than the split saves. See ``PARALLEL_MIN_WORK`` for how the grain was measured.
     """
     if work < PARALLEL_MIN_WORK:
         return 1
-    import torch
+    get = _get_num_threads
+    if get is None:
+        import torch
 
-    return torch.get_num_threads()
+        get = _set_get_num_threads(torch.get_num_threads)
+    return get()
+
+
+_get_num_threads: Callable[[], int] | None = None
+
+
+def _set_get_num_threads(fn: Callable[[], int]) -> Callable[[], int]:
+    global _get_num_threads
+    _get_num_threads = fn
+    return fn
 
 
 def check_status(status: int, function: str, m: int, n: int, k: int) -> None:
