@@ -18,6 +18,7 @@ The storage layout follows the device: packed for the C kernel on the CPU, row-m
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -201,7 +202,6 @@ class WeightOnlyInt8Linear(nn.Module):
         if (
             m > KERNEL_MAX_TOKENS
             and self.packed is not None
-            and n * k > _SLAB_ELEMENTS
             and x.dtype is torch.float32
             and x.device.type == "cpu"
             and kernels.available()
@@ -220,21 +220,29 @@ class WeightOnlyInt8Linear(nn.Module):
         return y.reshape(*lead, n).to(x.dtype)
 
     def _prefill_by_slabs(self, x2: torch.Tensor) -> torch.Tensor:
-        """The prompt GEMM a slab of rows at a time, each dequantized into one reused
-        buffer: a big layer (SmolLM2's lm_head is 28M weights) never has a whole float32
-        copy (113 MB) alive, which is most of the suite's transient memory."""
+        """The prompt GEMM on the weight dequantized a slab of rows at a time into one
+        reused per-thread buffer (:func:`_scratch`), so a prompt never allocates a float
+        weight: a fresh 2-110 MB tensor per layer and call cost page faults and zeroing
+        as large as the dequantization itself, and a big layer (SmolLM2's lm_head is 28M
+        weights) never has a whole float32 copy (113 MB) alive. A layer that fits one
+        slab runs ``F.linear`` on the whole weight, exactly as before."""
         assert self.packed is not None
         n, k = self.out_features, self.in_features
         slab = max(PACK_ROWS, (_SLAB_ELEMENTS // k) // PACK_ROWS * PACK_ROWS)
+        buf = _scratch(min(slab, n) * k)
+        if n <= slab:
+            w = buf[: n * k].view(n, k)
+            kernels.unpack_f32(self.packed, w, n, k, self.block)
+            return nn.functional.linear(x2, w, self.bias)
         per_block = kernels.packed_nbytes(PACK_ROWS, k, self.block)
-        w = torch.empty(slab, k, dtype=torch.float32)
         y = torch.empty(x2.shape[0], n, dtype=torch.float32)
         for r0 in range(0, n, slab):
             r = min(slab, n - r0)
             first = r0 // PACK_ROWS * per_block
             part = self.packed[first : first + kernels.packed_nbytes(r, k, self.block)]
-            kernels.unpack_f32(part, w[:r], r, k, self.block)
-            y[:, r0 : r0 + r] = x2 @ w[:r].t()
+            w = buf[: r * k].view(r, k)
+            kernels.unpack_f32(part, w, r, k, self.block)
+            y[:, r0 : r0 + r] = x2 @ w.t()
         if self.bias is not None:
             y += self.bias
         return y
@@ -245,3 +253,16 @@ class WeightOnlyInt8Linear(nn.Module):
             f"group_size={self.group_size}, bias={self.bias is not None}, "
             f"packed={self.is_packed}"
         )
+
+
+_local = threading.local()
+
+
+def _scratch(elements: int) -> torch.Tensor:
+    """This thread's reused float32 buffer of at least ``elements`` (grow-only; one slab,
+    8 MB by default). Per thread, because two threads may run prompts at once."""
+    buf: torch.Tensor | None = getattr(_local, "buf", None)
+    if buf is None or buf.numel() < elements:
+        buf = torch.empty(max(elements, _SLAB_ELEMENTS), dtype=torch.float32)
+        _local.buf = buf
+    return buf
