@@ -63,9 +63,10 @@ EINVAL = 2
 
 #: Calls with fewer multiply-adds than this run on one thread (see :func:`threads_for`).
 #: Measured with ``python benchmarks/kernel_grain.py --threads 2`` (one token, k=576,
-#: weights from DRAM, 1 vs 2 threads interleaved): on a quiet 2-core VM one such product
-#: streams ~10 GB/s per thread, and a fork/join of libgomp's spinning threads costs a few
-#: microseconds, so a split pays from ~20 us of work (~250 KB of int8 weight). 2**18
+#: weights from DRAM, 1 vs 2 threads interleaved). One thread streamed ~10 GB/s (a
+#: 576x576 product: ~37 us); a fork/join of libgomp's already spinning threads is
+#: estimated at a few microseconds (not isolated here), so a split should pay from
+#: ~20 us of work (~250 KB of int8 weight). 2**18
 #: (262k multiply-adds, o_proj-sized: 576x576 = 332k) puts every fused SmolLM2 call over
 #: the grain and keeps tiny layers (k/v alone are 110k) on one thread. Under a load
 #: average of 8-10 on 2 cores (others' jobs) 2 threads lost at every size below 1.8M:
