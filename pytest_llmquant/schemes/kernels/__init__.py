@@ -5,7 +5,8 @@ Schemes call it only through the typed wrappers below (:func:`wo_packed`, :func:
 tensors and widths, checks every size the C code will trust (a wrong one would read or
 write past a buffer, not raise), picks the thread count, and turns a nonzero C status
 into a one-line :class:`KernelError` that names the fix, so no caller ever reads an
-output buffer the kernel did not write. Before using them a layer asks :func:`available`
+output buffer the kernel did not write. Decode goes through :class:`.calls.PackedCall`
+instead, which checks the weights once when it is made and only the input per call. Before using them a layer asks :func:`available`
 (which builds the library on first use and warns once if it cannot) and otherwise takes
 its torch path.
 
