@@ -45,7 +45,7 @@ def main() -> None:
         reference = ReferenceStore.for_source(ModelCache(root), resolve(args.model), fp32)
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    result = measure_similarity(fp32, int8, tok, text=load_eval_text(None), reference=reference)
+    result = measure_similarity(fp32, int8, tok, text=load_eval_text(None), store=reference)
     seconds = time.perf_counter() - start
     print(
         json.dumps(

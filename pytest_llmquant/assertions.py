@@ -7,11 +7,19 @@ measurement so a test can check more.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .errors import LlmqUsageError
 from .marks import validate
+from .settings import DEFAULTS
 from .verdicts import GateResult, memory_verdict, similarity_verdict, speedup_verdict
+
+if TYPE_CHECKING:
+    from .memory import MemoryResult
+    from .run.pair import ModelLike
+    from .similarity.metrics import SimilarityResult
+    from .speed.timing import SpeedupResult
+    from .types import Tokenizer
 
 
 def _raise_if_failed(result: GateResult) -> None:
@@ -19,7 +27,7 @@ def _raise_if_failed(result: GateResult) -> None:
         raise AssertionError(result.long_repr)
 
 
-def _check(name: str, kwargs: dict[str, Any]) -> None:
+def _check(name: str, kwargs: dict[str, float | str]) -> None:
     try:
         validate(name, (), kwargs, "assertion")
     except LlmqUsageError as exc:
@@ -27,25 +35,25 @@ def _check(name: str, kwargs: dict[str, Any]) -> None:
 
 
 def assert_similar(
-    fp32_model: Any,
-    int8_model: Any,
-    tokenizer: Any,
+    reference: ModelLike,
+    int8: ModelLike,
+    tokenizer: Tokenizer,
     *,
-    max_kl: float = 0.01,
-    min_same_top: float = 0.95,
-    max_ppl_ratio: float = 1.02,
+    max_kl: float = DEFAULTS.max_kl,
+    min_same_top: float = DEFAULTS.min_same_top,
+    max_ppl_ratio: float = DEFAULTS.max_ppl_ratio,
     text: str | None = None,
-    n_tokens: int = 2048,
+    n_tokens: int = DEFAULTS.eval_tokens,
     name: str = "INT8 model",
-) -> Any:
-    """Fail unless INT8 next-token distributions match FP32 within the bounds."""
+) -> SimilarityResult:
+    """Fail unless INT8 next-token distributions match the reference's within the bounds."""
     from .similarity import measure_similarity
 
     _check(
         "quant_similarity",
         {"max_kl": max_kl, "min_same_top": min_same_top, "max_ppl_ratio": max_ppl_ratio},
     )
-    result = measure_similarity(fp32_model, int8_model, tokenizer, text=text, n_tokens=n_tokens)
+    result = measure_similarity(reference, int8, tokenizer, text=text, n_tokens=n_tokens)
     _raise_if_failed(
         similarity_verdict(
             result, name, max_kl=max_kl, min_same_top=min_same_top, max_ppl_ratio=max_ppl_ratio
@@ -55,23 +63,23 @@ def assert_similar(
 
 
 def assert_speedup(
-    fp32_model: Any,
-    int8_model: Any,
-    tokenizer: Any,
-    min_speedup: float = 1.0,
+    reference: ModelLike,
+    int8: ModelLike,
+    tokenizer: Tokenizer,
+    min_speedup: float = DEFAULTS.min_speedup,
     *,
-    new_tokens: int = 32,
+    new_tokens: int = DEFAULTS.new_tokens,
     threads: int | None = None,
-    time_budget: float = 5.0,
+    time_budget: float = DEFAULTS.time_budget,
     name: str = "INT8 model",
-) -> Any:
+) -> SpeedupResult:
     """Fail unless INT8 generation is at least ``min_speedup`` times faster (interleaved, with a CI)."""
     from .speed.timing import measure_speedup
 
     _check("quant_speedup", {"min_speedup": min_speedup})
     result = measure_speedup(
-        fp32_model,
-        int8_model,
+        reference,
+        int8,
         tokenizer,
         threshold=min_speedup,
         new_tokens=new_tokens,
@@ -83,17 +91,17 @@ def assert_speedup(
 
 
 def assert_memory_reduction(
-    fp32_model: Any,
-    int8_model: Any,
-    min_ratio: float = 2.0,
+    reference: ModelLike,
+    int8: ModelLike,
+    min_ratio: float = DEFAULTS.min_memory_ratio,
     *,
     kind: str = "weights",
     name: str = "INT8 model",
-) -> Any:
+) -> MemoryResult:
     """Fail unless the INT8 model is at least ``min_ratio`` times smaller (``kind``: weights/file)."""
     from .memory import measure_memory
 
     _check("quant_memory", {"min_ratio": min_ratio, "kind": kind})
-    result = measure_memory(fp32_model, int8_model, kind)
+    result = measure_memory(reference, int8, kind)
     _raise_if_failed(memory_verdict(result, name, min_ratio=min_ratio))
     return result

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -86,7 +86,7 @@ def run_gates(
         result.seconds = time.perf_counter() - start
         result.reference = pair.reference_label
         run.results.append(result)
-        session.results.append(result)
+        session.record.results.append(result)
         if not result.passed:
             run.failures.append(result.long_repr)
     return run
@@ -100,9 +100,9 @@ def outcome(run: GateRun) -> None:
         raise pytest.skip.Exception(run.skips[0], _use_item_location=True)
 
 
-def properties(result: GateResult) -> list[tuple[str, Any]]:
+def properties(result: GateResult) -> list[tuple[str, object]]:
     """junit-xml properties ``llmq.<gate>.<metric>`` for one result."""
-    props: list[tuple[str, Any]] = [(f"llmq.{result.gate}.seconds", round(result.seconds, 3))]
+    props: list[tuple[str, object]] = [(f"llmq.{result.gate}.seconds", round(result.seconds, 3))]
     for key, value in result.measurement.items():
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             props.append((f"llmq.{result.gate}.{key}", value))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import LlmqUsageError
 from .settings import threshold
@@ -35,7 +35,7 @@ def quant_similarity(
     agreement and perplexity ratio over the evaluation text (llama.cpp's KLD statistics)."""
     s = session.settings
     return similarity_verdict(
-        session.similarity(pair),
+        session.memo.similarity(pair),
         pair.name,
         max_kl=s.max_kl if max_kl is None else max_kl,
         min_same_top=s.min_same_top if min_same_top is None else min_same_top,
@@ -50,10 +50,11 @@ def quant_speedup(
     interleaved runs with a confidence interval (see the README's decision rule)."""
     threshold = session.settings.min_speedup if min_speedup is None else min_speedup
     return speedup_verdict(
-        session.speedup(pair, threshold),
+        session.memo.speedup(pair, threshold),
         pair.name,
         min_speedup=threshold,
         reference=pair.reference_label,
+        inconclusive=session.settings.speed_inconclusive,
     )
 
 
@@ -65,7 +66,9 @@ def quant_memory(
     process) or vram (the same on a CUDA device: GPU memory; skips elsewhere)."""
     threshold = session.settings.min_memory_ratio if min_ratio is None else min_ratio
     bits = pair.origin.bits if pair.origin is not None else 8
-    return memory_verdict(session.memory(pair, kind), pair.name, min_ratio=threshold, bits=bits)
+    return memory_verdict(
+        session.memo.memory(pair, kind), pair.name, min_ratio=threshold, bits=bits
+    )
 
 
 MARKERS: dict[str, Callable[..., GateResult]] = {
@@ -85,8 +88,8 @@ def marker_line(name: str) -> str:
 
 
 def validate(
-    name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], where: str
-) -> dict[str, Any]:
+    name: str, args: tuple[object, ...], kwargs: Mapping[str, object], where: str
+) -> dict[str, object]:
     """Bind and check marker arguments; return them by name. Raises a one-line usage error."""
     fn = MARKERS[name]
     public = [p for p in inspect.signature(fn).parameters.values() if p.kind != p.KEYWORD_ONLY]

@@ -7,19 +7,32 @@ that uses none of them pays nothing.
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable, Generator
-from typing import Any, TypeVar
+from collections.abc import Generator
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from _pytest.terminal import TerminalReporter
+
 from . import hooks, settings
-from .errors import LlmqError, LlmqUsageError
+from .errors import LlmqUsageError
+from .fixtures import (  # noqa: F401  (pytest finds a plugin's fixtures in its namespace)
+    fp32_model,
+    int8_model,
+    llmq_benchmark,
+    llmq_model_id,
+    llmq_pair,
+    llmq_scheme,
+    llmq_session,
+    llmq_tokenizer,
+    reference_model,
+)
 from .gates import GATE_RUN, gate_marks, outcome, properties, run_gates
 from .marks import MARKERS, marker_line, validate
 from .reporting.json_report import strict_json
-from .session import SESSION_KEY, LlmqSession, ModelPair, get_session
+from .session import SESSION_KEY, LlmqSession, get_session
 from .workers import (
     RESULT_PROPERTY,
     WorkerResults,
@@ -29,11 +42,8 @@ from .workers import (
     worker_properties,
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
-NO_MODEL = (
-    "no model to test: pass --llmq-model=ID (a hub id, a local directory, a .gguf file "
-    "or smollm2-135m), or set llmq_model in your ini file"
-)
+#: the module of the built-in fixtures: an int8_model defined elsewhere is a user override
+FIXTURES = "pytest_llmquant.fixtures"
 
 
 # -- set-up --------------------------------------------------------------------------
@@ -62,21 +72,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
     kernels.set_cache_dir(config.stash[SESSION_KEY].settings.cache_dir)
     if getattr(config.option, "numprocesses", None) and not in_xdist_worker(config):
-        config.pluginmanager.register(WorkerResults(config.stash[SESSION_KEY]), "llmquant-xdist")
+        config.pluginmanager.register(
+            WorkerResults(config.stash[SESSION_KEY].record), "llmquant-xdist"
+        )
         warn_if_groups_are_ignored(config)
 
 
 # -- collection ------------------------------------------------------------------------
 
 
-def _own_marks(collector: pytest.Collector, obj: Any) -> list[pytest.Mark]:
+def _own_marks(collector: pytest.Collector, obj: object) -> list[pytest.Mark]:
     marks = list(getattr(obj, "pytestmark", []))
     marks += list(collector.iter_markers())
     return [m for m in marks if getattr(m, "name", None) in MARKERS]
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: Any) -> None:
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
     """A test with a gate marker needs the model pair even if its body does not ask for it,
     and its marker arguments are checked here, before any model is loaded."""
     if not callable(obj) or not collector.funcnamefilter(name):  # type: ignore[attr-defined]
@@ -120,132 +132,18 @@ def _int8_ids(metafunc: pytest.Metafunc, session: LlmqSession) -> list[str]:
     checkpoint's label, else "fixture" (an ``int8_model`` override) or "hook" (a
     ``pytest_llmq_quantize`` hook, which may still hand a scheme back), else the scheme.
     The summary and reports give the label read from the built model."""
-    from .int8.origin import id_part
+    from .origin import id_part
 
-    if session.int8_path:
+    if session.settings.int8_model:
         return [id_part(s) for s in session.schemes]
     defs = getattr(metafunc, "_arg2fixturedefs", {}).get("int8_model") or []
-    if defs and getattr(defs[-1].func, "__module__", __name__) != __name__:
+    if defs and getattr(defs[-1].func, "__module__", FIXTURES) != FIXTURES:
         route = "fixture"
     elif metafunc.config.hook.pytest_llmq_quantize.get_hookimpls():
         route = "hook"
     else:
         return list(session.schemes)
     return [route] if len(session.schemes) == 1 else [f"{route}-{s}" for s in session.schemes]
-
-
-# -- fixtures ---------------------------------------------------------------------------
-
-
-def _one_line(fn: F) -> F:
-    """Our errors become a one-line test error, never a torch traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except LlmqError as exc:
-            pytest.fail(str(exc), pytrace=False)
-
-    return wrapper  # type: ignore[return-value]
-
-
-@pytest.fixture(scope="session")
-def llmq_session(pytestconfig: pytest.Config) -> LlmqSession:
-    """The plugin's session state: models, schemes, settings and collected results."""
-    return get_session(pytestconfig)
-
-
-@pytest.fixture(scope="session")
-def llmq_model_id() -> str:
-    """The ``--llmq-model`` value of the current parametrization."""
-    pytest.fail(NO_MODEL, pytrace=False)
-
-
-@pytest.fixture(scope="session")
-def llmq_scheme(llmq_session: LlmqSession) -> str:
-    """The INT8 scheme of the current parametrization (``--llmq-scheme``)."""
-    return llmq_session.schemes[0]
-
-
-@pytest.fixture(scope="session")
-@_one_line
-def llmq_tokenizer(llmq_session: LlmqSession, llmq_model_id: str) -> Any:
-    """The model's tokenizer (with a pad token set when it had none)."""
-    return llmq_session.fp32(llmq_model_id)[1]
-
-
-@pytest.fixture(scope="session")
-@_one_line
-def reference_model(llmq_session: LlmqSession, llmq_model_id: str) -> Any:
-    """The reference model every gate compares the INT8 one with, in eval mode, loaded once
-    per session in ``--llmq-reference-dtype`` (float32 on CPU, bfloat16 on CUDA)."""
-    return llmq_session.fp32(llmq_model_id)[0]
-
-
-@pytest.fixture(scope="session")
-def fp32_model(reference_model: Any) -> Any:
-    """The reference model under its first name (kept for compatibility: it is in
-    ``--llmq-reference-dtype``, float32 unless asked). Prefer ``reference_model``."""
-    return reference_model
-
-
-@pytest.fixture(scope="session")
-@_one_line
-def int8_model(
-    llmq_session: LlmqSession, llmq_model_id: str, llmq_scheme: str, fp32_model: Any
-) -> Any:
-    """The INT8 model under test: the ``--llmq-int8-model`` checkpoint, or what your
-    ``pytest_llmq_quantize`` hook or the built-in ``llmq_scheme`` makes. Override this
-    fixture in conftest.py to test your own INT8 model."""
-    return llmq_session.int8(llmq_model_id, llmq_scheme, fp32_model).model
-
-
-@pytest.fixture
-@_one_line
-def llmq_pair(
-    llmq_session: LlmqSession,
-    llmq_model_id: str,
-    llmq_scheme: str,
-    fp32_model: Any,
-    int8_model: Any,
-    llmq_tokenizer: Any,
-) -> ModelPair:
-    """Both models, the tokenizer, the coverage and where the INT8 model came from, as the
-    gates see them."""
-    from .int8.origin import from_model
-    from .layers import coverage
-
-    built = llmq_session.built_int8(llmq_model_id, llmq_scheme)
-    if built is not None and built.model is int8_model:
-        origin, cov = built.origin, built.coverage
-    else:  # the int8_model fixture is overridden: describe the model it returned
-        origin, cov = from_model(int8_model, "fixture"), coverage(fp32_model, int8_model)
-    pair = ModelPair(
-        llmq_model_id,
-        llmq_session.label_of(llmq_model_id),
-        llmq_scheme,
-        fp32_model,
-        int8_model,
-        llmq_tokenizer,
-        cov,
-        device=llmq_session.device,
-        threads=llmq_session.threads,
-        origin=origin,
-        reference_dtype=llmq_session.settings.reference_dtype,
-    )
-    llmq_session.pairs[pair.name] = pair.summary()
-    llmq_session.coverages[pair.name] = cov
-    return pair
-
-
-@pytest.fixture
-def llmq_benchmark(benchmark: Any, llmq_pair: ModelPair, llmq_session: LlmqSession) -> Any:
-    """Record FP32 or INT8 generation in pytest-benchmark: ``llmq_benchmark.run("int8")``.
-    Group = model, extra_info = model, scheme, threads, ms/token, tokens/s, speedup, versions."""
-    from .speed.benchmark import LlmqBenchmark
-
-    return LlmqBenchmark(benchmark, llmq_pair, llmq_session, llmq_session.settings.new_tokens)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -291,7 +189,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, Any, Any]:
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach what the gates measured: a section per gate, and for an xdist controller
     the results themselves (on the call report only, so each arrives once)."""
     report = yield
@@ -317,29 +215,33 @@ def pytest_runtest_makereport(
 _LLMQ_EXIT = pytest.StashKey["int | None"]()
 
 
-def _finish_outputs(config: pytest.Config, terminalreporter: Any) -> None:
+def _finish_outputs(config: pytest.Config, terminalreporter: TerminalReporter | None) -> None:
     """Reports, Markdown, baseline save/compare: once per run (outputs.finish_session)."""
     session = config.stash.get(SESSION_KEY, None)
-    if session is None or _LLMQ_EXIT in config.stash:
-        return
+    if session is None or _LLMQ_EXIT in config.stash or in_xdist_worker(config):
+        return  # an xdist worker writes nothing: the controller has its results
     from .reporting.finish import finish_session
 
-    config.stash[_LLMQ_EXIT] = finish_session(session, terminalreporter)
+    config.stash[_LLMQ_EXIT] = finish_session(session.record, terminalreporter)
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+def pytest_terminal_summary(
+    terminalreporter: TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
         return
-    if session.load_times or session.coverages or session.results:
+    if not session.record.empty:
         from .reporting.terminal import write_terminal_summary
 
-        write_terminal_summary(terminalreporter, session)
+        write_terminal_summary(terminalreporter, session.record)
     _finish_outputs(config, terminalreporter)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Generator[None, Any, Any]:
+def pytest_sessionfinish(
+    session: pytest.Session, exitstatus: int
+) -> Generator[None, object, object]:
     """Outermost wrapper, so it runs after the terminal summary (and still runs under
     --no-summary); pytest returns session.exitstatus after this hook, so a baseline
     regression can fail a run whose tests all passed."""

@@ -39,6 +39,17 @@ from .setting_checks import (
     writable_path,
 )
 
+#: what an inconclusive speed gate counts as (--llmq-speed-inconclusive); "fail" first: the
+#: default, since a gate that cannot decide must not go green silently
+SPEED_INCONCLUSIVE = ("fail", "skip", "pass")
+
+
+def _one_of(value: Any, choices: tuple[str, ...]) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)}")
+    return text
+
 
 @dataclass(frozen=True)
 class Option:
@@ -168,6 +179,14 @@ OPTIONS: tuple[Option, ...] = (
         example="5",
     ),
     Option(
+        "speed_inconclusive",
+        "what a speed gate that cannot judge (the CPU too busy: see docs/gates.md) counts "
+        "as: fail, skip or pass",
+        check=lambda value: _one_of(value, SPEED_INCONCLUSIVE),
+        default="fail",
+        example="skip",
+    ),
+    Option(
         "new_tokens",
         "decode steps per prompt in the speed gate (then the next prompt is prefilled); "
         "tokens generated per benchmark round",
@@ -245,33 +264,44 @@ def addoptions(parser: pytest.Parser) -> None:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every option's value for this run, resolved and checked once at start-up."""
+    """Every option's value for this run, resolved and checked once at start-up.
 
-    model: tuple[str, ...] = ()
-    scheme: tuple[str, ...] = ()
-    device: str = "cpu"
+    Each default is the option's own (:data:`OPTIONS` is the one place defaults are
+    declared); ``reference_dtype`` and ``threads`` are resolved from the device and the
+    machine at start-up, and default here to what a bare ``Settings()`` means: float32 on
+    one thread.
+    """
+
+    model: tuple[str, ...] = BY_NAME["model"].default
+    scheme: tuple[str, ...] = BY_NAME["scheme"].default
+    device: str = BY_NAME["device"].default
     reference_dtype: str = "float32"
-    cache_dir: str | None = None
+    cache_dir: str | None = BY_NAME["cache_dir"].default
     threads: int = 1
-    trust_remote_code: bool = False
-    int8_model: str | None = None
-    eval_text: str | None = None
-    eval_tokens: int = 2048
-    max_kl: float = 0.01
-    min_same_top: float = 0.95
-    max_ppl_ratio: float = 1.02
-    min_speedup: float = 1.0
-    min_memory_ratio: float = 2.0
-    time_budget: float = 5.0
-    new_tokens: int = 32
-    suite: bool = False
-    report: str | None = None
-    report_md: str | None = None
-    save_baseline: str | None = None
-    baseline: str | None = None
-    baseline_z: float = 3.0
+    trust_remote_code: bool = BY_NAME["trust_remote_code"].default
+    int8_model: str | None = BY_NAME["int8_model"].default
+    eval_text: str | None = BY_NAME["eval_text"].default
+    eval_tokens: int = BY_NAME["eval_tokens"].default
+    max_kl: float = BY_NAME["max_kl"].default
+    min_same_top: float = BY_NAME["min_same_top"].default
+    max_ppl_ratio: float = BY_NAME["max_ppl_ratio"].default
+    min_speedup: float = BY_NAME["min_speedup"].default
+    min_memory_ratio: float = BY_NAME["min_memory_ratio"].default
+    time_budget: float = BY_NAME["time_budget"].default
+    speed_inconclusive: str = BY_NAME["speed_inconclusive"].default
+    new_tokens: int = BY_NAME["new_tokens"].default
+    suite: bool = BY_NAME["suite"].default
+    report: str | None = BY_NAME["report"].default
+    report_md: str | None = BY_NAME["report_md"].default
+    save_baseline: str | None = BY_NAME["save_baseline"].default
+    baseline: str | None = BY_NAME["baseline"].default
+    baseline_z: float = BY_NAME["baseline_z"].default
     #: option name -> where its value came from: "CLI", "env", "ini" or "default"
     origin: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+#: the built-in defaults, for code that runs without a session (the assertion helpers)
+DEFAULTS = Settings()
 
 
 def _split(values: Any, commas: bool) -> list[str]:

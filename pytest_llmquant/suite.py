@@ -10,9 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
+
+    from .run.pair import ModelPair
+    from .session import LlmqSession
+    from .sides.base import ModelSide
+    from .speed.benchmark import LlmqBenchmark
 
 CHECKS = (
     "loads",
@@ -44,162 +52,154 @@ BENCHMARK_ROUNDS = 3
 BENCHMARK_NEW_TOKENS = 8
 
 
-def _inputs(pair: Any) -> Any:
+def _prompts(pair: ModelPair) -> list[list[int]]:
+    """The first evaluation prompts as token ids, cut to fit both sides."""
     from .evaltext import EVAL_PROMPTS
+    from .models.causal_lm import encode_prompt
 
-    return pair.tokenizer(list(EVAL_PROMPTS[:3]), return_tensors="pt", padding=True).to(pair.device)
-
-
-def _once(session: Any, pair: Any, what: str, compute: Any) -> Any:
-    """``compute()`` once per pair and session: two checks that need the same deterministic
-    output of the same model (INT8 logits on the fixed prompts, a greedy run) share it."""
-    key = ("suite", what, *pair.key)
-    if key not in session.measurements:
-        session.measurements[key] = compute()
-    return session.measurements[key]
+    context = _context(pair)
+    return [encode_prompt(pair.tokenizer, p, context=context) for p in EVAL_PROMPTS[:3]]
 
 
-def _int8_logits(session: Any, pair: Any) -> Any:
+def _context(pair: ModelPair) -> int | None:
+    contexts = [c for c in (s.context_length() for s in _sides(pair)) if c]
+    return min(contexts) if contexts else None
+
+
+def _sides(pair: ModelPair) -> tuple[ModelSide, ModelSide]:
+    return pair.reference_side, pair.int8_side
+
+
+def _logits(side: ModelSide, prompts: list[list[int]], threads: int) -> list[torch.Tensor]:
+    """Every position's logits of each prompt, one window per prompt."""
     import torch
 
-    def compute() -> Any:
-        with torch.inference_mode():
-            return pair.int8(**_inputs(pair)).logits
-
-    return _once(session, pair, "int8 logits", compute)
+    with side.measuring(threads):
+        return [side.scored_logits(torch.tensor([ids]), len(ids)) for ids in prompts]
 
 
-def loads(fp32_model: Any, int8_model: Any) -> None:
-    """Both precisions load, in eval mode."""
-    assert not fp32_model.training and not int8_model.training
+def _int8_logits(session: LlmqSession, pair: ModelPair) -> list[torch.Tensor]:
+    """The INT8 logits on the fixed prompts: finite and round_trip share one pass."""
+    return session.memo.once(
+        ("suite", "int8 logits", *pair.key),
+        lambda: _logits(pair.int8_side, _prompts(pair), pair.threads),
+    )
 
 
-def coverage(llmq_pair: Any) -> None:
+def loads(llmq_pair: ModelPair) -> None:
+    """Both models load (a torch model in eval mode) and share one vocabulary."""
+    from .sides.torch_side import TorchSide
+
+    for side in _sides(llmq_pair):
+        if isinstance(side, TorchSide):
+            assert not side.model.training, f"{side.label} is in training mode"
+    sizes = [side.vocab_size() for side in _sides(llmq_pair)]
+    assert sizes[0] <= sizes[1], f"{llmq_pair.name}: vocabularies of {sizes[0]} and {sizes[1]} ids"
+
+
+def coverage(llmq_pair: ModelPair) -> None:
     """Every linear layer (nn.Linear and Conv1D) is quantized; the failure lists what is not."""
     cov = llmq_pair.coverage
     assert cov.complete, f"{llmq_pair.name}: {cov}"
 
 
-def finite(llmq_pair: Any, llmq_session: Any) -> None:
+def finite(llmq_pair: ModelPair, llmq_session: LlmqSession) -> None:
     """No NaN or inf in the logits of either model."""
     import torch
 
-    with torch.inference_mode():
-        fp32 = llmq_pair.fp32(**_inputs(llmq_pair)).logits
-    for precision, logits in (("FP32", fp32), ("INT8", _int8_logits(llmq_session, llmq_pair))):
-        bad = int((~torch.isfinite(logits)).sum())
+    reference = _logits(llmq_pair.reference_side, _prompts(llmq_pair), llmq_pair.threads)
+    both = ((llmq_pair.reference_label, reference), ("INT8", _int8_logits(llmq_session, llmq_pair)))
+    for precision, logits in both:
+        bad = sum(int((~torch.isfinite(t)).sum()) for t in logits)
         assert bad == 0, f"{precision} logits of {llmq_pair.name} have {bad} NaN/inf values"
 
 
 @pytest.mark.quant_similarity()
-def similarity(llmq_pair: Any) -> None:
+def similarity(llmq_pair: ModelPair) -> None:
     """The quality gate (default thresholds: mean KLD, same-top, PPL ratio)."""
 
 
 @pytest.mark.quant_speedup()
-def speedup(llmq_pair: Any) -> None:
+def speedup(llmq_pair: ModelPair) -> None:
     """The speed gate (--llmq-min-speedup)."""
 
 
 @pytest.mark.quant_memory()
-def memory(llmq_pair: Any) -> None:
+def memory(llmq_pair: ModelPair) -> None:
     """The memory gate on weights (--llmq-min-memory-ratio)."""
 
 
-def round_trip(llmq_pair: Any, llmq_session: Any, tmp_path: Path) -> None:
+def round_trip(llmq_pair: ModelPair, llmq_session: LlmqSession, tmp_path: Path) -> None:
     """save -> fresh load of the INT8 model gives identical logits: what a user ships is
     what was gated."""
     import torch
 
+    from .run.pair import is_side
     from .schemes import get_scheme
+    from .sides.torch_side import TorchSide
 
     scheme = get_scheme(llmq_pair.scheme)
-    if not any(scheme.is_quantized_module(m) for m in llmq_pair.int8.modules()):
+    model = llmq_pair.int8
+    if is_side(model) or not any(scheme.is_quantized_module(m) for m in model.modules()):  # type: ignore[union-attr]
         pytest.skip(
             f"the INT8 model was not built by scheme {llmq_pair.scheme!r}, so it has no "
             "pytest-llmquant save format; save it with your own tooling"
         )
-    scheme.save(llmq_pair.int8, tmp_path / "int8")
-    reloaded = scheme.load(tmp_path / "int8", device=llmq_pair.device)
-    a = _int8_logits(llmq_session, llmq_pair)
-    with torch.inference_mode():
-        b = reloaded(**_inputs(llmq_pair)).logits
-    assert torch.equal(a, b), (
-        f"reloaded INT8 logits differ by up to {(a - b).abs().max().item():.3g}"
-    )
-
-
-def _greedy(pair: Any, new_tokens: int = 12) -> Any:
-    import torch
-
-    from .evaltext import EVAL_PROMPTS
-    from .models.context import fit_to_context
-
-    ids = fit_to_context(
-        pair.tokenizer(EVAL_PROMPTS[0], return_tensors="pt"), pair.int8, new_tokens
-    )
-    ids = {k: v.to(pair.device) for k, v in ids.items()}
-    with torch.inference_mode():
-        out = pair.int8.generate(
-            **ids,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=pair.tokenizer.pad_token_id,
+    scheme.save(model, tmp_path / "int8")  # type: ignore[arg-type]
+    reloaded = TorchSide(scheme.load(tmp_path / "int8", device=llmq_pair.device), "reloaded")
+    before = _int8_logits(llmq_session, llmq_pair)
+    after = _logits(reloaded, _prompts(llmq_pair), llmq_pair.threads)
+    for a, b in zip(before, after, strict=True):
+        assert torch.equal(a, b), (
+            f"reloaded INT8 logits differ by up to {(a - b).abs().max().item():.3g}"
         )
-    return out[0, ids["input_ids"].shape[1] :]
 
 
-def determinism(llmq_pair: Any, llmq_session: Any) -> None:
+def _greedy(pair: ModelPair, new_tokens: int = 12) -> list[int]:
+    from .evaltext import EVAL_PROMPTS
+    from .models.causal_lm import encode_prompt
+
+    side = pair.int8_side
+    ids = encode_prompt(
+        pair.tokenizer, EVAL_PROMPTS[0], context=side.context_length(), new_tokens=new_tokens
+    )
+    with side.measuring(pair.threads):
+        return side.greedy([ids], new_tokens)[0]
+
+
+def determinism(llmq_pair: ModelPair, llmq_session: LlmqSession) -> None:
     """Two INT8 greedy runs give identical tokens."""
-    first = _once(llmq_session, llmq_pair, "greedy", lambda: _greedy(llmq_pair))
-    second = _greedy(llmq_pair)
-    assert first.tolist() == second.tolist()
+    first = llmq_session.memo.once(("suite", "greedy", *llmq_pair.key), lambda: _greedy(llmq_pair))
+    assert first == _greedy(llmq_pair)
 
 
-def generation(llmq_pair: Any, llmq_session: Any) -> None:
+def generation(llmq_pair: ModelPair, llmq_session: LlmqSession) -> None:
     """The INT8 output is non-empty and decodes to text."""
-    tokens = _once(llmq_session, llmq_pair, "greedy", lambda: _greedy(llmq_pair))
+    tokens = llmq_session.memo.once(("suite", "greedy", *llmq_pair.key), lambda: _greedy(llmq_pair))
     text = llmq_pair.tokenizer.decode(tokens, skip_special_tokens=True)
-    assert tokens.numel() > 0 and text.strip(), f"INT8 generated no text: {text!r}"
+    assert tokens and text.strip(), f"INT8 generated no text: {text!r}"
 
 
-def _prompt_ids(pair: Any, prompt: str) -> Any:
-    """The prompt's token ids (1-D), fitted to the context; EOS (or 0) for an empty one."""
-    import torch
+def _prompt_ids(pair: ModelPair, prompt: str) -> list[int]:
+    """The prompt's token ids, fitted to the context; EOS (or 0) for an empty one."""
+    from .models.causal_lm import encode_prompt
 
-    from .models.context import fit_to_context
-
-    ids = fit_to_context(pair.tokenizer(prompt, return_tensors="pt"), pair.fp32)["input_ids"][0]
-    if ids.shape[0] == 0:
-        ids = torch.tensor([pair.tokenizer.eos_token_id or 0])
-    return ids
+    ids = encode_prompt(pair.tokenizer, prompt, context=_context(pair))
+    return ids or [pair.tokenizer.eos_token_id or 0]
 
 
 def next_token_divergences(
-    pair: Any, prompts: Sequence[str]
+    pair: ModelPair, prompts: Sequence[str]
 ) -> list[tuple[float, int, int, list[int]]]:
-    """For each prompt: KL(FP32 || INT8) of the next token, both top tokens, INT8's top-k.
-
-    All prompts go through each model in one forward pass. They are padded on the right,
-    so each is read as if alone (a causal model never attends to the padding after a
-    token) and scored at its own last token; only the float summation order of the
-    batched matrix products differs from one-prompt passes.
-    """
+    """For each prompt: KL(reference || INT8) of the next token, both top tokens, INT8's
+    top-k. All prompts go through each side in one batch (:meth:`ModelSide.next_token_logits`)."""
     import torch
 
     rows = [_prompt_ids(pair, p) for p in prompts]
-    lengths = torch.tensor([len(r) for r in rows])
-    pad = pair.tokenizer.pad_token_id
-    ids = torch.full((len(rows), int(lengths.max())), 0 if pad is None else pad)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)], mask[i, : len(row)] = row, 1
-    ids, mask = ids.to(pair.device), mask.to(pair.device)
-    last = (torch.arange(len(rows)), lengths - 1)
-    with torch.inference_mode():
-        p = torch.log_softmax(pair.fp32(ids, attention_mask=mask).logits[last].double(), -1)
-        q = torch.log_softmax(pair.int8(ids, attention_mask=mask).logits[last].double(), -1)
+    with pair.reference_side.measuring(pair.threads):
+        p = torch.log_softmax(pair.reference_side.next_token_logits(rows).double(), -1)
+    with pair.int8_side.measuring(pair.threads):
+        q = torch.log_softmax(pair.int8_side.next_token_logits(rows).double().to(p.device), -1)
     kld = (p.exp() * (p - q)).sum(-1)
     topk = q.topk(PROMPT_TOP_K, dim=-1).indices
     return [
@@ -208,12 +208,12 @@ def next_token_divergences(
     ]
 
 
-def next_token_divergence(pair: Any, prompt: str) -> tuple[float, int, int, list[int]]:
-    """KL(FP32 || INT8) of the next token after ``prompt``, both top tokens, INT8's top-k."""
+def next_token_divergence(pair: ModelPair, prompt: str) -> tuple[float, int, int, list[int]]:
+    """KL(reference || INT8) of the next token after ``prompt``, both top tokens, INT8's top-k."""
     return next_token_divergences(pair, [prompt])[0]
 
 
-def prompt_property(llmq_pair: Any, request: pytest.FixtureRequest) -> None:
+def prompt_property(llmq_pair: ModelPair, request: pytest.FixtureRequest) -> None:
     """For any prompt (hypothesis), the next-token KLD stays below PROMPT_MAX_KL and FP32's
     top token stays in INT8's top-5; a failure shows the shrunk prompt and both top tokens.
 
@@ -246,19 +246,21 @@ def prompt_property(llmq_pair: Any, request: pytest.FixtureRequest) -> None:
     check()
 
 
-def _suite_benchmark(llmq_benchmark: Any, llmq_session: Any, precision: str) -> None:
+def _suite_benchmark(
+    llmq_benchmark: LlmqBenchmark, llmq_session: LlmqSession, precision: str
+) -> None:
     explicit = llmq_session.settings.origin.get("new_tokens", "default") != "default"
     tokens = llmq_benchmark.new_tokens if explicit else BENCHMARK_NEW_TOKENS
     llmq_benchmark.run(precision, rounds=BENCHMARK_ROUNDS, new_tokens=tokens)
 
 
-def benchmark_fp32(llmq_benchmark: Any, llmq_session: Any) -> None:
+def benchmark_fp32(llmq_benchmark: LlmqBenchmark, llmq_session: LlmqSession) -> None:
     """FP32 generation timing, recorded as a pytest-benchmark entry (BENCHMARK_ROUNDS rounds
     of BENCHMARK_NEW_TOKENS tokens unless --llmq-new-tokens is given; see extra_info)."""
     _suite_benchmark(llmq_benchmark, llmq_session, "fp32")
 
 
-def benchmark_int8(llmq_benchmark: Any, llmq_session: Any) -> None:
+def benchmark_int8(llmq_benchmark: LlmqBenchmark, llmq_session: LlmqSession) -> None:
     """INT8 generation timing, recorded as a pytest-benchmark entry (as benchmark_fp32)."""
     _suite_benchmark(llmq_benchmark, llmq_session, "int8")
 

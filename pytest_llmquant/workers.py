@@ -12,11 +12,12 @@ properties.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
+    from .run.record import RunRecord
     from .session import LlmqSession
 
 RESULT_PROPERTY = "llmq.result"
@@ -65,10 +66,11 @@ def worker_properties(session: LlmqSession, item: pytest.Item) -> list[tuple[str
     if pair is not None:
         out.append((PAIR_PROPERTY, json.dumps({"name": pair.name, **pair.summary()})))
     spec = getattr(item, "funcargs", {}).get("llmq_model_id")
-    if spec in session.load_times:
-        load = {"spec": spec, "seconds": session.load_times[spec]}
-        load["note"] = session.load_notes.get(spec, "")
-        out.append((LOAD_PROPERTY, json.dumps(load)))
+    load = session.record.loads.get(spec) if isinstance(spec, str) else None
+    if load is not None:
+        out.append(
+            (LOAD_PROPERTY, json.dumps({"spec": spec, "seconds": load.seconds, "note": load.note}))
+        )
     return out
 
 
@@ -77,27 +79,28 @@ class WorkerResults:
     terminal summary, the JSON report, the Markdown summary and the baseline cover the
     whole run."""
 
-    def __init__(self, session: LlmqSession) -> None:
-        self.session = session
+    def __init__(self, record: RunRecord) -> None:
+        self.record = record
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         from .layers import Coverage
+        from .run.record import Load
         from .verdicts import result_from_dict
 
-        for key, value in getattr(report, "user_properties", []):
+        for key, value in report.user_properties:
+            if not isinstance(value, str):
+                continue
             if key == RESULT_PROPERTY:
-                self.session.results.append(result_from_dict(json.loads(value)))
+                self.record.results.append(result_from_dict(json.loads(value)))
             elif key == PAIR_PROPERTY:
-                data: dict[str, Any] = json.loads(value)
+                data = json.loads(value)
                 name = data.pop("name")
-                self.session.pairs[name] = data
+                self.record.pairs[name] = data
                 cov = data.get("coverage") or {}
                 if "quantized_layers" in cov:
-                    self.session.coverages[name] = Coverage(
+                    self.record.coverages[name] = Coverage(
                         cov["quantized_layers"], cov.get("kept_float", [])
                     )
             elif key == LOAD_PROPERTY:
                 load = json.loads(value)
-                self.session.load_times.setdefault(load["spec"], load["seconds"])
-                if load.get("note"):
-                    self.session.load_notes.setdefault(load["spec"], load["note"])
+                self.record.add_load(load["spec"], Load(load["seconds"], load.get("note", "")))

@@ -1,7 +1,7 @@
 """Fabricated gate results for the output and baseline tests.
 
-The outputs are pure functions of the session's GateResults, so the tests build the
-results with the real verdict functions from small fake measurements: every message and
+The outputs are pure functions of the run record (:class:`RunRecord`), so the tests
+build its results with the real verdict functions from small fake measurements: every message and
 file format is checked without loading a model (or importing torch).
 """
 
@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from pytest_llmquant.layers import Coverage
+from pytest_llmquant.run.record import Load, PairSummary, RunRecord
 from pytest_llmquant.settings import Settings
 from pytest_llmquant.verdicts import memory_verdict, similarity_verdict, speedup_verdict
 
@@ -61,7 +62,9 @@ def similarity(pair: str = PAIR, *, mean_kld: float = 0.0041, same_top: float = 
 
 def speedup(pair: str = PAIR, *, point: float = 2.0, low: float = 1.8, high: float = 2.2,
             n_pairs: int = 12, threshold: float = 1.0) -> Any:  # fmt: skip
-    r = SimpleNamespace(
+    from pytest_llmquant.speed.timing import SpeedupResult
+
+    r = SpeedupResult(
         verdict="pass" if point >= threshold else "fail",
         speedup=point,
         ci_low=low,
@@ -71,12 +74,15 @@ def speedup(pair: str = PAIR, *, point: float = 2.0, low: float = 1.8, high: flo
         rule="interval clear of the threshold",
         threshold=threshold,
         n_pairs=n_pairs,
-        fp32_ms_per_token=20.0,
+        reference_ms_per_token=20.0,
         int8_ms_per_token=20.0 / point,
-        fp32_tokens_per_s=50.0,
+        reference_tokens_per_s=50.0,
         int8_tokens_per_s=50.0 * point,
         threads=2,
-        fp32_samples=[0.020, 0.021, 0.019],
+        new_tokens=32,
+        prompts=4,
+        wall_s=1.0,
+        reference_samples=[0.020, 0.021, 0.019],
         int8_samples=[0.010, 0.011, 0.0105],
     )
     return speedup_verdict(r, pair, min_speedup=threshold)
@@ -94,24 +100,31 @@ def memory(pair: str = PAIR, *, ratio: float = 3.8, kind: str = "weights") -> An
     return memory_verdict(r, pair, min_ratio=2.0)
 
 
-def fake_session(results: list[Any], settings: Any = None, **extra: Any) -> SimpleNamespace:
-    pairs = dict.fromkeys(r.pair for r in results)
-    defaults: dict[str, Any] = {
-        "coverages": {
-            p: Coverage(quantized=["a", "b", "c"], kept_float=["lm_head"]) for p in pairs
-        },
-        "threads": 2,
-        "device": "cpu",
-        "schemes": ["dynamic-int8"],
-        "config": None,
-        "load_times": {},
-    }
-    return SimpleNamespace(results=results, settings=settings, **{**defaults, **extra})
-
-
 def fake_settings(**values: Any) -> Settings:
-    """The run's settings, as pytest_configure would resolve them from these options."""
-    return Settings(**values)
+    """The run's settings, as pytest_configure would resolve them from these options
+    (2 threads unless told)."""
+    return Settings(**{"threads": 2, **values})
+
+
+def fake_record(
+    results: list[Any],
+    settings: Settings | None = None,
+    *,
+    device: str = "cpu",
+    pairs: dict[str, PairSummary] | None = None,
+    loads: dict[str, Load] | None = None,
+) -> RunRecord:
+    """The run record of a run that produced ``results``: each of their pairs with a
+    coverage, the ``dynamic-int8`` scheme, ``fake_settings(device=device)`` unless given."""
+    names = dict.fromkeys(r.pair for r in results)
+    return RunRecord(
+        settings=settings if settings is not None else fake_settings(device=device),
+        schemes=["dynamic-int8"],
+        results=list(results),
+        pairs=dict(pairs or {}),
+        coverages={p: Coverage(quantized=["a", "b", "c"], kept_float=["lm_head"]) for p in names},
+        loads=dict(loads or {}),
+    )
 
 
 class Terminal:

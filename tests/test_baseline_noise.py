@@ -18,7 +18,7 @@ from fabricated import (
     MEASURED_ON,
     PAIR,
     Terminal,
-    fake_session,
+    fake_record,
     fake_settings,
     memory,
     similarity,
@@ -37,7 +37,7 @@ def measured(**kw: Any) -> Any:
 
 def saved(tmp_path: Path, *results: Any) -> dict[str, Any]:
     path = tmp_path / "baseline.json"
-    write_baseline(fake_session(list(results)), path)
+    write_baseline(fake_record(list(results)), path)
     return load_baseline(path)
 
 
@@ -49,7 +49,7 @@ def test_a_change_within_tolerance_but_beyond_noise_passes(tmp_path: Path) -> No
     # tolerance allows up to 0.0041 × 1.25 + 0.001 = 0.006125
     baseline = saved(tmp_path, measured(kld_se=0.0001))
     notes: list[str] = []
-    now = fake_session([measured(mean_kld=0.0055, kld_se=0.0001)])
+    now = fake_record([measured(mean_kld=0.0055, kld_se=0.0001)])
     assert compare_to_baseline(now, baseline, notes=notes) == []
     assert notes == []
 
@@ -58,7 +58,7 @@ def test_a_change_beyond_tolerance_but_within_noise_passes_with_a_note(tmp_path:
     # SE 0.002 each (a short, noisy text): 3 × 0.00283 = 0.00849 > change 0.0029
     baseline = saved(tmp_path, measured(kld_se=0.002))
     notes: list[str] = []
-    now = fake_session([measured(mean_kld=0.007, kld_se=0.002)])
+    now = fake_record([measured(mean_kld=0.007, kld_se=0.002)])
     assert compare_to_baseline(now, baseline, notes=notes) == []
     assert notes == [
         f"{PAIR}: mean KLD 0.0041 → 0.007 is beyond the tolerance +25% relative + 0.001 "
@@ -69,7 +69,7 @@ def test_a_change_beyond_tolerance_but_within_noise_passes_with_a_note(tmp_path:
 
 def test_a_change_beyond_tolerance_and_noise_regresses_naming_both(tmp_path: Path) -> None:
     baseline = saved(tmp_path, measured(kld_se=0.002))
-    now = fake_session([measured(mean_kld=0.015, kld_se=0.002)])
+    now = fake_record([measured(mean_kld=0.015, kld_se=0.002)])
     assert compare_to_baseline(now, baseline) == [
         f"{PAIR}: mean KLD regressed 0.0041 → 0.015 (tolerance +25% relative + 0.001 "
         "absolute, limit 0.00613; change 0.0109 > 3 × SE 0.00283 = 0.00849)"
@@ -83,13 +83,13 @@ def test_z_sets_how_many_standard_errors_count_as_noise(
     tmp_path: Path, z: float, regressed: bool
 ) -> None:
     baseline = saved(tmp_path, measured(same_top_se=0.005))  # combined SE 0.00707
-    now = fake_session([measured(same_top=0.95, same_top_se=0.005)])  # change 0.02: 2.8 SE
+    now = fake_record([measured(same_top=0.95, same_top_se=0.005)])  # change 0.02: 2.8 SE
     assert bool(compare_to_baseline(now, baseline, z=z)) is regressed
 
 
 def test_each_similarity_metric_uses_its_own_standard_error(tmp_path: Path) -> None:
     baseline = saved(tmp_path, measured(ppl_ratio_se=0.01, same_top_se=0.001))
-    now = fake_session(
+    now = fake_record(
         [measured(ppl_ratio=1.03, ppl_ratio_se=0.01, same_top=0.95, same_top_se=0.001)]
     )
     notes: list[str] = []
@@ -102,7 +102,7 @@ def test_each_similarity_metric_uses_its_own_standard_error(tmp_path: Path) -> N
 
 def test_metrics_without_standard_errors_are_judged_on_tolerance_alone(tmp_path: Path) -> None:
     baseline = saved(tmp_path, measured(), memory(ratio=3.8))
-    assert compare_to_baseline(fake_session([measured(), memory(ratio=3.0)]), baseline) == [
+    assert compare_to_baseline(fake_record([measured(), memory(ratio=3.0)]), baseline) == [
         f"{PAIR}: memory ratio (weights) regressed 3.80x → 3.00x (tolerance -5% relative, "
         "limit 3.61x)"
     ]
@@ -112,7 +112,7 @@ def test_metrics_without_standard_errors_are_judged_on_tolerance_alone(tmp_path:
 
 
 def test_a_baseline_records_text_tokens_window_dtype_device_and_errors() -> None:
-    data = baseline_dict(fake_session([measured()]))
+    data = baseline_dict(fake_record([measured()]))
     assert data["pairs"][PAIR] == {
         "mean_kld": 0.0041,
         "mean_kld_se": 0.0003,
@@ -132,8 +132,8 @@ def test_a_baseline_records_text_tokens_window_dtype_device_and_errors() -> None
 
 
 def test_the_reference_dtype_of_a_pair_without_similarity_comes_from_its_summary() -> None:
-    session = fake_session([memory()], pairs={PAIR: {"reference_dtype": "bfloat16"}})
-    assert baseline_dict(session)["pairs"][PAIR]["measured_on"] == {
+    record = fake_record([memory()], pairs={PAIR: {"reference_dtype": "bfloat16"}})
+    assert baseline_dict(record)["pairs"][PAIR]["measured_on"] == {
         "reference_dtype": "bfloat16",
         "device": "cpu",
     }
@@ -158,7 +158,7 @@ def test_another_text_or_setting_is_a_one_line_error_saying_what_differs(
     tmp_path: Path, changed: dict[str, Any], difference: str
 ) -> None:
     baseline = saved(tmp_path, measured())
-    now = fake_session([similarity(measured_on={**MEASURED_ON, **changed})])
+    now = fake_record([similarity(measured_on={**MEASURED_ON, **changed})])
     with pytest.raises(LlmqUsageError) as info:
         compare_to_baseline(now, baseline, source="base.json")
     assert str(info.value) == (
@@ -173,7 +173,7 @@ def test_every_difference_is_named_once_and_pairs_only_when_not_all_differ(
 ) -> None:
     other = "tiny [dynamic-int8]"
     baseline = saved(tmp_path, measured(), similarity(other, measured_on=dict(MEASURED_ON)))
-    now = fake_session(
+    now = fake_record(
         [
             similarity(n_tokens=256, measured_on={**MEASURED_ON, "reference_dtype": "float16"}),
             similarity(other, n_tokens=256, measured_on=dict(MEASURED_ON)),
@@ -207,7 +207,7 @@ def test_a_baseline_that_records_no_setting_is_compared_with_a_note(tmp_path: Pa
     metrics = {"mean_kld": 0.0041, "same_top": 0.97, "ppl_ratio": 1.008}
     path.write_text(json.dumps({"schema_version": 1, "pairs": {PAIR: metrics}}))
     notes: list[str] = []
-    assert compare_to_baseline(fake_session([measured()]), load_baseline(path), notes=notes) == []
+    assert compare_to_baseline(fake_record([measured()]), load_baseline(path), notes=notes) == []
     assert notes == [
         "the baseline does not record what it was measured on (evaluation text, scored "
         "tokens, window, reference dtype, device) nor its standard errors: an older file, "
@@ -225,8 +225,8 @@ def test_a_merged_baseline_is_looked_up_by_pair_and_device(tmp_path: Path) -> No
         }
     }
     notes: list[str] = []
-    session = fake_session([similarity(mean_kld=0.0045, measured_on=cuda)], device="cuda")
-    [regression] = compare_to_baseline(session, old, notes=notes)
+    record = fake_record([similarity(mean_kld=0.0045, measured_on=cuda)], device="cuda")
+    [regression] = compare_to_baseline(record, old, notes=notes)
     assert regression.startswith(f"{PAIR}: mean KLD regressed 0.002 → 0.0045")
     assert notes[-1:] == [  # the other jobs' pairs, in one line
         "5 pairs in the baseline were not measured in this run "
@@ -239,13 +239,13 @@ def test_a_merged_baseline_is_looked_up_by_pair_and_device(tmp_path: Path) -> No
 
 def test_finish_session_refuses_another_setting_with_exit_4(tmp_path: Path) -> None:
     base = tmp_path / "base.json"
-    write_baseline(fake_session([measured()]), base)
-    session = fake_session(
+    write_baseline(fake_record([measured()]), base)
+    record = fake_record(
         [similarity(mean_kld=0.5, measured_on={**MEASURED_ON, "device": "cuda"})],
         settings=fake_settings(baseline=str(base)),
     )
     tr = Terminal()
-    assert finish_session(session, tr) == 4
+    assert finish_session(record, tr) == 4
     assert tr.lines == [
         f"pytest-llmquant: baseline {base} was measured on another text or setting than this "
         "run: device cpu in the baseline, cuda here; run with the baseline's settings, or "
@@ -256,11 +256,11 @@ def test_finish_session_refuses_another_setting_with_exit_4(tmp_path: Path) -> N
 
 def test_finish_session_uses_the_z_setting(tmp_path: Path) -> None:
     base = tmp_path / "base.json"
-    write_baseline(fake_session([measured(kld_se=0.002)]), base)
+    write_baseline(fake_record([measured(kld_se=0.002)]), base)
     results = [measured(mean_kld=0.007, kld_se=0.002)]  # beyond tolerance, 1 SE
     for z, status in ((3.0, None), (0.5, 1)):
-        session = fake_session(results, settings=fake_settings(baseline=str(base), baseline_z=z))
-        assert finish_session(session, Terminal()) == status
+        record = fake_record(results, settings=fake_settings(baseline=str(base), baseline_z=z))
+        assert finish_session(record, Terminal()) == status
 
 
 FABRICATE = """

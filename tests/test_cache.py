@@ -98,7 +98,7 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
         raise RuntimeError("killed")
 
     cache = ModelCache(tmp_path)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^killed$"):  # the builder's own error, unchanged
         cache.get_or_build("fp32", "model-a", FP, broken)
     assert list((tmp_path / "fp32").glob("*/*")) == []
     assert not cache.entry_path("fp32", "model-a").exists()
@@ -170,10 +170,10 @@ def test_killed_builder_leaves_no_file_a_later_run_trusts(tmp_path: Path) -> Non
 def test_interrupt_during_build_leaves_no_entry(tmp_path: Path) -> None:
     def interrupted(directory: Path) -> None:
         (directory / "model.safetensors").write_bytes(b"half")
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt("Ctrl-C mid-build")
 
     cache = ModelCache(tmp_path)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="^Ctrl-C mid-build$"):
         cache.get_or_build("fp32", "model-a", FP, interrupted)
     calls: list[int] = []
     ModelCache(tmp_path).get_or_build("fp32", "model-a", FP, builder(calls))

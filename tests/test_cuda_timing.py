@@ -2,9 +2,9 @@
 
 GPU launches return before the work is done, so a decode step is timed between two
 ``torch.cuda.synchronize`` calls; and cuBLAS and attention pick their kernels lazily on
-the first calls, so CUDA gets :data:`CUDA_EXTRA_WARMUP` more untimed steps. These tests
-run on the CPU with stand-in models that report a CUDA device and a recorded
-``synchronize``; on the CPU nothing changes (the other timing tests hold that).
+the first calls, so CUDA gets :data:`CUDA_EXTRA_WARMUP` more untimed steps, decided from the
+sides' ``device``. These tests run on the CPU with stand-ins that report a CUDA device and a
+recorded ``synchronize``; on the CPU nothing changes (the other timing tests hold that).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pytest_llmquant.speed.decode_steps import DecodeStream  # noqa: E402
+from speed_fakes import FakeClock, FakeMeter, FakeSide  # noqa: E402
+
+from pytest_llmquant.sides.torch_decode import DecodeStream  # noqa: E402
 from pytest_llmquant.speed.timing import CUDA_EXTRA_WARMUP, measure_speedup, on_cuda  # noqa: E402
 
 
@@ -69,29 +71,30 @@ def test_a_cpu_step_never_synchronizes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "sync" not in log
 
 
-def test_on_cuda_reads_the_models_device() -> None:
-    log: list[str] = []
-    assert on_cuda(FakeCudaModel(log, "cpu"), FakeCudaModel(log, "cuda:0"))
-    assert not on_cuda(FakeCudaModel(log, "cpu"), "a test double without a device")
+def test_on_cuda_reads_the_sides_device() -> None:
+    clock = FakeClock()
+    cpu, cuda = (FakeSide("FP32", iter(()), clock, device=d) for d in ("cpu", "cuda:0"))
+    assert on_cuda(cpu, cuda) and not on_cuda(cpu, cpu)
 
 
 @pytest.mark.parametrize(("device", "extra"), [("cpu", 0), ("cuda", CUDA_EXTRA_WARMUP)])
 def test_cuda_adds_warm_up_steps(device: str, extra: int) -> None:
-    log: list[str] = []
-    fp32, int8 = FakeCudaModel(log, device), FakeCudaModel(log, device)
-    calls: list[tuple[Any, int, int]] = []
-    now = [0.0]
+    clock = FakeClock()
+    reference = FakeSide("BF16", iter(()), clock, device=device)
+    int8 = FakeSide("INT8", iter(()), clock, device=device)
+    calls: list[tuple[object, int, int]] = []
 
-    def runner(model: Any, prompt: int, step: int) -> float:
-        calls.append((model, prompt, step))
-        seconds = 0.010 if model is fp32 else 0.004
-        now[0] += seconds
+    def runner(side: object, prompt: int, step: int) -> float:
+        calls.append((side, prompt, step))
+        seconds = 0.010 if side is reference else 0.004
+        clock.now += seconds
         return seconds
 
     result = measure_speedup(
-        fp32, int8, None, threshold=1.5, prompts=("p",), threads=1, warmup=4,
-        min_pairs=8, max_pairs=8, clock=lambda: now[0], runner=runner,
+        reference, int8, None, threshold=1.5, prompts=("p",), threads=1, warmup=4,
+        min_pairs=8, max_pairs=8, clock=clock, runner=runner, cpu=FakeMeter(clock),
     )  # fmt: skip
     assert CUDA_EXTRA_WARMUP > 0 and result.warmup == 4 + extra
     assert len(calls) == 2 * (4 + extra) + 2 * result.n_pairs
     assert result.n_pairs == 8 and result.verdict == "pass"
+    assert result.reference_label == "BF16"

@@ -138,13 +138,13 @@ def test_models_load_once_and_only_when_needed(
         import sys
 
         def test_a_plain_test_loads_nothing(llmq_session):
-            assert llmq_session._fp32 == {}
+            assert llmq_session.store.loaded_references == 0
 
         def test_first(fp32_model, llmq_session):
-            assert len(llmq_session._fp32) == 1
+            assert llmq_session.store.loaded_references == 1
 
         def test_second(fp32_model, int8_model, llmq_session):
-            assert len(llmq_session._fp32) == 1 and len(llmq_session._int8) == 1
+            assert llmq_session.store.loaded_references == 1 and llmq_session.store.built == 1
     """)
     run(pytester, tiny_gpt2_dir).assert_outcomes(passed=3)
 

@@ -19,7 +19,7 @@ import pytest
 from gguf_files import packaged_smollm2_gguf, rewrite_gguf, splice_gguf, write_small_gguf
 
 from pytest_llmquant import LlmqUsageError, get_scheme, load_fp32
-from pytest_llmquant.formats.gguf.q8_0 import describe_gguf, load_gguf_int8
+from pytest_llmquant.int8.gguf_q8_0 import describe_gguf, load_gguf_int8
 from pytest_llmquant.layers import coverage
 
 N_TOKENS = 512  # enough tokens for a stable mean KLD, few enough to keep this file quick
@@ -282,7 +282,7 @@ def test_describe_gguf_does_not_import_torch(tmp_path: Path) -> None:
 
     path = write_small_gguf(tmp_path / "m.gguf", "llama", {"block_count": 1})
     code = (
-        "import sys; from pytest_llmquant.formats.gguf.q8_0 import describe_gguf; "
+        "import sys; from pytest_llmquant.int8.gguf_q8_0 import describe_gguf; "
         "print(describe_gguf(sys.argv[1])[0], 'torch' in sys.modules)"
     )
     out = subprocess.run(

@@ -57,7 +57,7 @@ def test_prompt_longer_than_context_is_truncated_from_the_left(tmp_path: Path) -
     from tiny_models import make_tiny_gpt2
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pytest_llmquant.models.context import LlmqPromptWarning, fit_to_context
+    from pytest_llmquant.models.causal_lm import LlmqPromptWarning, fit_to_context
 
     d = make_tiny_gpt2(tmp_path / "short-context", n_positions=16)
     model, tok = AutoModelForCausalLM.from_pretrained(d), AutoTokenizer.from_pretrained(d)

@@ -8,16 +8,18 @@ large outliers in a row of small values, empty matrices, and every group size.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-torch = pytest.importorskip("torch")
-int8_math = pytest.importorskip("pytest_llmquant.schemes.int8_math")
+from pytest_llmquant.schemes import int8_math
+
 quantize_per_channel = int8_math.quantize_per_channel
 dequantize = int8_math.dequantize
 
@@ -130,24 +132,31 @@ def test_group_at_least_cols_is_per_channel(w: np.ndarray) -> None:
     assert np.array_equal(q1, q2) and np.array_equal(s1, s2)
 
 
+NOT_2D = "quantize_per_channel expects a 2-D floating tensor"
+NOT_FINITE = "quantize_per_channel got a non-finite weight"
+
+
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "message"),
     [
-        pytest.param(lambda: torch.ones(4), id="1-D"),
-        pytest.param(lambda: torch.ones(2, 2, 2), id="3-D"),
-        pytest.param(lambda: torch.ones(2, 3, dtype=torch.int32), id="integer"),
-        pytest.param(lambda: torch.tensor([[1.0, float("inf")]]), id="inf"),
-        pytest.param(lambda: torch.tensor([[float("nan"), 1.0]]), id="nan"),
+        pytest.param(lambda: torch.ones(4), NOT_2D, id="1-D"),
+        pytest.param(lambda: torch.ones(2, 2, 2), NOT_2D, id="3-D"),
+        pytest.param(lambda: torch.ones(2, 3, dtype=torch.int32), NOT_2D, id="integer"),
+        pytest.param(lambda: torch.tensor([[1.0, float("inf")]]), NOT_FINITE, id="inf"),
+        pytest.param(lambda: torch.tensor([[float("nan"), 1.0]]), NOT_FINITE, id="nan"),
     ],
 )
-def test_rejects_what_it_cannot_quantize(bad: Any) -> None:
-    with pytest.raises(ValueError):
+def test_rejects_what_it_cannot_quantize(bad: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}"):
         quantize_per_channel(bad())
 
 
 @pytest.mark.parametrize("group_size", [0, -1, 2.5, True])
 def test_rejects_bad_group_size(group_size: Any) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError,
+        match=rf"^group_size must be a positive int or None, not {re.escape(repr(group_size))}$",
+    ):
         quantize_per_channel(torch.ones(2, 4), group_size)
 
 

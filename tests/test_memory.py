@@ -276,11 +276,6 @@ def test_probe_main_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) ->
 def tiny_probe(tiny_gpt2_dir: Path) -> Any:
     """Start the one real probe when this module starts, so that its ~10 s of imports and
     loading overlap the other tests; :func:`test_probe_subprocess_on_tiny_gpt2` collects it."""
-    try:
-        import pytest_llmquant.models.loading  # noqa: F401
-    except ImportError:
-        yield None
-        return
     args = {"model": str(tiny_gpt2_dir), "mode": "int8"}
     proc = rss._start_probe(args)
     yield proc, args
@@ -291,7 +286,6 @@ def tiny_probe(tiny_gpt2_dir: Path) -> Any:
 
 def test_probe_subprocess_on_tiny_gpt2(tiny_probe: Any) -> None:
     """End to end: a fresh process loads through loading.py, builds INT8, generates."""
-    pytest.importorskip("pytest_llmquant.models.loading")
     proc, args = tiny_probe
     report = rss._finish_probe(proc, args, timeout=300)
     assert report["generated_tokens"] == 8

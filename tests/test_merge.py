@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fabricated import MEASURED_ON, OTHER, PAIR, fake_session, memory, similarity, speedup
+from fabricated import MEASURED_ON, OTHER, PAIR, fake_record, memory, similarity, speedup
 
 from pytest_llmquant.baseline.store import load_baseline, write_baseline
 from pytest_llmquant.merge import main
@@ -24,10 +24,10 @@ from pytest_llmquant.reporting.json_report import write_json_report
 
 def job(tmp_path: Path, name: str, results: list[Any], device: str = "cpu") -> dict[str, Path]:
     """What one matrix job uploads: its report and its baseline."""
-    session = fake_session(results, device=device)
+    record = fake_record(results, device=device)
     paths = {"report": tmp_path / f"{name}-report.json", "baseline": tmp_path / f"{name}-base.json"}
-    write_json_report(session, paths["report"])
-    write_baseline(session, paths["baseline"])
+    write_json_report(record, paths["report"])
+    write_baseline(record, paths["baseline"])
     return paths
 
 

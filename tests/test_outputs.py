@@ -16,7 +16,7 @@ from fabricated import (
     PAIR,
     Terminal,
     all_three,
-    fake_session,
+    fake_record,
     fake_settings,
     memory,
     similarity,
@@ -26,21 +26,19 @@ from fabricated import (
 from pytest_llmquant.baseline.compare import compare_baselines, compare_to_baseline
 from pytest_llmquant.baseline.store import baseline_dict, load_baseline, write_baseline
 from pytest_llmquant.errors import LlmqUsageError
+from pytest_llmquant.jsonfiles import strict_json, versions
 from pytest_llmquant.reporting.finish import finish_session
-from pytest_llmquant.reporting.json_report import (
-    report_dict,
-    strict_json,
-    versions,
-    write_json_report,
-)
+from pytest_llmquant.reporting.json_report import report_dict, write_json_report
 from pytest_llmquant.reporting.markdown import markdown_summary, write_markdown
+from pytest_llmquant.reporting.terminal import write_terminal_summary
+from pytest_llmquant.run.record import Load, RunRecord, SourceLabel
 
 # -- JSON report -------------------------------------------------------------------------------
 
 
 def test_report_has_every_pair_and_gate_in_strict_json() -> None:
     results = all_three(PAIR) + [similarity(OTHER, mean_kld=0.5)]
-    data = report_dict(fake_session(results))
+    data = report_dict(fake_record(results))
     data = json.loads(json.dumps(data, allow_nan=False))  # strict JSON round trip
     assert data["schema_version"] == 1
     assert data["created"].endswith("+00:00")
@@ -50,6 +48,10 @@ def test_report_has_every_pair_and_gate_in_strict_json() -> None:
         "device": "cpu",
         "schemes": ["dynamic-int8"],
         "models": [],
+        "reference_dtype": "float32",
+        "eval_tokens": 2048,
+        "new_tokens": 32,
+        "time_budget": 5.0,
     }
     assert list(data["pairs"]) == [PAIR, OTHER]
     assert data["passed"] is False
@@ -88,7 +90,7 @@ def test_write_json_report_is_atomic_and_readable(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "report.json"
     target.parent.mkdir()
     target.write_text("old")
-    written = write_json_report(fake_session(all_three()), target)
+    written = write_json_report(fake_record(all_three()), target)
     assert written == target
     assert json.loads(target.read_text())["pairs"][PAIR]["passed"] is True
     assert [p.name for p in target.parent.iterdir()] == ["report.json"]  # no temp file left
@@ -108,7 +110,7 @@ def test_versions_read_torch_only_when_already_imported(monkeypatch: pytest.Monk
 
 def test_markdown_has_a_table_per_pair_coverage_and_verdict() -> None:
     results = all_three(PAIR) + [similarity(OTHER, mean_kld=0.5)]
-    text = markdown_summary(fake_session(results))
+    text = markdown_summary(fake_record(results))
     lines = text.splitlines()
     assert lines[0] == "## pytest-llmquant"
     assert "2 threads, device cpu, schemes: dynamic-int8" in lines
@@ -127,7 +129,7 @@ def test_markdown_has_a_table_per_pair_coverage_and_verdict() -> None:
 
 
 def test_markdown_verdict_when_all_pass() -> None:
-    text = markdown_summary(fake_session(all_three()))
+    text = markdown_summary(fake_record(all_three()))
     assert text.splitlines()[-1] == "**✅ pytest-llmquant: all 3 gates passed on 1 pair**"
 
 
@@ -136,9 +138,9 @@ def test_markdown_goes_to_the_option_file(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     target = tmp_path / "summary.md"
     target.write_text("stale\n")
-    session = fake_session(all_three(), settings=fake_settings(report_md=str(target)))
-    assert write_markdown(session) == (target, False)
-    assert target.read_text() == markdown_summary(session)  # replaced, not appended
+    record = fake_record(all_three(), settings=fake_settings(report_md=str(target)))
+    assert write_markdown(record) == (target, False)
+    assert target.read_text() == markdown_summary(record)  # replaced, not appended
     assert not summary.exists()  # the option wins over the step summary
 
 
@@ -148,9 +150,9 @@ def test_markdown_appends_to_github_step_summary(
     summary = tmp_path / "step.md"
     summary.write_text("# earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    session = fake_session(all_three(), settings=fake_settings())
-    assert write_markdown(session) == (summary, True)
-    assert write_markdown(session) == (summary, True)
+    record = fake_record(all_three(), settings=fake_settings())
+    assert write_markdown(record) == (summary, True)
+    assert write_markdown(record) == (summary, True)
     text = summary.read_text()
     assert text.startswith("# earlier step\n\n## pytest-llmquant\n")
     assert text.count("## pytest-llmquant") == 2
@@ -160,10 +162,10 @@ def test_markdown_writes_nothing_without_target_or_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
-    assert write_markdown(fake_session(all_three())) is None
+    assert write_markdown(fake_record(all_three())) is None
     summary = tmp_path / "step.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    assert write_markdown(fake_session([])) is None
+    assert write_markdown(fake_record([])) is None
     assert not summary.exists()
 
 
@@ -172,7 +174,7 @@ def test_markdown_writes_nothing_without_target_or_results(
 
 def test_baseline_dict_holds_only_measured_metrics() -> None:
     data = baseline_dict(
-        fake_session(all_three(PAIR) + [similarity(OTHER), memory(OTHER, kind="peak_rss")])
+        fake_record(all_three(PAIR) + [similarity(OTHER), memory(OTHER, kind="peak_rss")])
     )
     assert data["schema_version"] == 1
     similarity_metrics = {
@@ -200,25 +202,25 @@ def test_baseline_dict_holds_only_measured_metrics() -> None:
 
 def test_baseline_keeps_the_speedup_with_the_most_pairs() -> None:
     results = [speedup(point=1.9, n_pairs=40), speedup(point=2.5, n_pairs=6, threshold=1.2)]
-    assert baseline_dict(fake_session(results))["pairs"][PAIR]["speedup"] == 1.9
+    assert baseline_dict(fake_record(results))["pairs"][PAIR]["speedup"] == 1.9
 
 
 def saved(tmp_path: Path, results: list[Any]) -> dict[str, Any]:
     path = tmp_path / "baseline.json"
-    write_baseline(fake_session(results), path)
+    write_baseline(fake_record(results), path)
     return load_baseline(path)
 
 
 def test_same_numbers_do_not_regress(tmp_path: Path) -> None:
     baseline = saved(tmp_path, all_three())
     notes: list[str] = []
-    assert compare_to_baseline(fake_session(all_three()), baseline, notes=notes) == []
+    assert compare_to_baseline(fake_record(all_three()), baseline, notes=notes) == []
     assert notes == []
 
 
 def test_kld_worse_beyond_tolerance_regresses(tmp_path: Path) -> None:
     baseline = saved(tmp_path, all_three())
-    worse = fake_session([similarity(mean_kld=0.0093), speedup(), memory()])
+    worse = fake_record([similarity(mean_kld=0.0093), speedup(), memory()])
     assert compare_to_baseline(worse, baseline) == [
         f"{PAIR}: mean KLD regressed 0.0041 → 0.0093 "
         "(tolerance +25% relative + 0.001 absolute, limit 0.00613; "
@@ -229,24 +231,24 @@ def test_kld_worse_beyond_tolerance_regresses(tmp_path: Path) -> None:
 def test_kld_worse_within_tolerance_passes(tmp_path: Path) -> None:
     baseline = saved(tmp_path, all_three())
     # 0.0041 * 1.25 + 0.001 = 0.006125: a 49% rise of a tiny KLD is within the noise
-    slightly = fake_session([similarity(mean_kld=0.0061)])
+    slightly = fake_record([similarity(mean_kld=0.0061)])
     assert compare_to_baseline(slightly, baseline) == []
 
 
 def test_speedup_regresses_only_when_the_whole_interval_is_below(tmp_path: Path) -> None:
     baseline = saved(tmp_path, all_three())  # speedup 2.0: the limit is 1.8
-    below = fake_session([speedup(point=1.5, low=1.4, high=1.7)])
+    below = fake_record([speedup(point=1.5, low=1.4, high=1.7)])
     assert compare_to_baseline(below, baseline) == [
         f"{PAIR}: speedup regressed 2.00x → 1.50x "
         "(99% CI 1.40–1.70, high end below the limit 1.80x; tolerance -10% relative)"
     ]
-    overlapping = fake_session([speedup(point=1.5, low=1.2, high=1.9)])  # point low, CI not
+    overlapping = fake_record([speedup(point=1.5, low=1.2, high=1.9)])  # point low, CI not
     assert compare_to_baseline(overlapping, baseline) == []
 
 
 def test_speedup_without_an_upper_bound_is_a_note(tmp_path: Path) -> None:
     baseline = saved(tmp_path, [speedup()])
-    too_few = fake_session([speedup(point=1.2, low=0.0, high=math.inf, n_pairs=3)])
+    too_few = fake_record([speedup(point=1.2, low=0.0, high=math.inf, n_pairs=3)])
     notes: list[str] = []
     assert compare_to_baseline(too_few, baseline, notes=notes) == []
     assert notes == [
@@ -278,12 +280,12 @@ def test_other_metrics_regress_with_exact_messages(
     tmp_path: Path, result: Any, message: str
 ) -> None:
     baseline = saved(tmp_path, all_three())
-    assert compare_to_baseline(fake_session([result]), baseline) == [f"{PAIR}: {message}"]
+    assert compare_to_baseline(fake_record([result]), baseline) == [f"{PAIR}: {message}"]
 
 
 def test_improvements_never_regress(tmp_path: Path) -> None:
     baseline = saved(tmp_path, all_three())
-    better = fake_session(
+    better = fake_record(
         [
             similarity(mean_kld=0.0001, same_top=1.0, ppl_ratio=1.0),
             speedup(point=3, low=2.5, high=3.5),
@@ -295,7 +297,7 @@ def test_improvements_never_regress(tmp_path: Path) -> None:
 
 def test_missing_pairs_and_metrics_are_notes_not_regressions(tmp_path: Path) -> None:
     baseline = saved(tmp_path, [similarity(PAIR), similarity("gone [dynamic-int8]")])
-    now = fake_session([similarity(PAIR, mean_kld=0.0042), speedup(PAIR), memory(OTHER, ratio=1)])
+    now = fake_record([similarity(PAIR, mean_kld=0.0042), speedup(PAIR), memory(OTHER, ratio=1)])
     notes: list[str] = []
     assert compare_to_baseline(now, baseline, notes=notes) == []
     assert notes == [
@@ -307,7 +309,7 @@ def test_missing_pairs_and_metrics_are_notes_not_regressions(tmp_path: Path) -> 
 
 def test_tolerances_are_configurable(tmp_path: Path) -> None:
     baseline = saved(tmp_path, all_three())
-    worse = fake_session([similarity(mean_kld=0.0093)])
+    worse = fake_record([similarity(mean_kld=0.0093)])
     assert compare_to_baseline(worse, baseline, {"mean_kld": {"rel": 2.0}}) == []
     assert compare_to_baseline(worse, baseline, {"mean_kld": {"abs": 0.0}}) == [
         f"{PAIR}: mean KLD regressed 0.0041 → 0.0093 (tolerance +25% relative, limit 0.00513; "
@@ -332,7 +334,7 @@ def test_changed_torch_version_is_noted() -> None:
     ("content", "expected"),
     [
         (None, "baseline file {p} does not exist; create it with --llmq-save-baseline={p} on a good run"),
-        ("{not json", "baseline file {p} is not valid JSON (line 1: Expecting property name enclosed in double quotes); re-create it with --llmq-save-baseline={p} on a good run"),
+        ("{not json", "baseline file {p} is not valid JSON (line {lineno}: {json_msg}); re-create it with --llmq-save-baseline={p} on a good run"),
         ('{"schema_version": 7, "pairs": {}}', "baseline file {p} is not a pytest-llmquant baseline (schema_version 7, expected 1); re-create it with --llmq-save-baseline={p} on a good run"),
         ("[1, 2]", "baseline file {p} is not a pytest-llmquant baseline (not a JSON object); re-create it with --llmq-save-baseline={p} on a good run"),
         ('{"schema_version": 1, "pairs": {"x": 3}}', "baseline file {p} is not a pytest-llmquant baseline (no 'pairs' object of per-pair metrics); re-create it with --llmq-save-baseline={p} on a good run"),
@@ -347,13 +349,32 @@ def test_load_baseline_errors_are_one_line(
         path.write_text(content)
     with pytest.raises(LlmqUsageError) as info:
         load_baseline(path)
-    assert str(info.value) == expected.format(p=path)
+    # where the JSON parser's own words go in, they are taken from the parser, not typed here
+    lineno, json_msg = _json_error(content) if content is not None else (0, "")
+    assert str(info.value) == expected.format(p=path, lineno=lineno, json_msg=json_msg)
     assert "\n" not in str(info.value)
 
 
+def _json_error(text: str) -> tuple[int, str]:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return exc.lineno, exc.msg
+    return 0, ""
+
+
 def test_load_baseline_reports_an_unreadable_file(tmp_path: Path) -> None:
-    with pytest.raises(LlmqUsageError, match=r"^cannot read baseline file .* \(Is a directory\)"):
+    """The reason is the OS's (strerror): read from the same failure, not typed here."""
+    try:
+        tmp_path.read_text()
+    except OSError as exc:
+        reason = exc.strerror
+    with pytest.raises(LlmqUsageError) as info:
         load_baseline(tmp_path)
+    assert str(info.value) == (
+        f"cannot read baseline file {tmp_path} ({reason}); create it with "
+        f"--llmq-save-baseline={tmp_path} on a good run"
+    )
 
 
 def test_hand_written_baseline_in_the_documented_shape_loads(tmp_path: Path) -> None:
@@ -362,7 +383,7 @@ def test_hand_written_baseline_in_the_documented_shape_loads(tmp_path: Path) -> 
         json.dumps({"schema_version": 1, "versions": {}, "pairs": {PAIR: {"mean_kld": 0.001}}})
     )
     baseline = load_baseline(path)
-    assert compare_to_baseline(fake_session([similarity()]), baseline) == [
+    assert compare_to_baseline(fake_record([similarity()]), baseline) == [
         f"{PAIR}: mean KLD regressed 0.001 → 0.0041 "
         "(tolerance +25% relative + 0.001 absolute, limit 0.00225; "
         "change 0.0031 > 3 × SE 0.0003 = 0.0009)"  # no SE in the file: this run's alone
@@ -383,7 +404,7 @@ def test_finish_session_writes_every_requested_file(
         save_baseline=str(files["base"]),
     )
     tr = Terminal()
-    assert finish_session(fake_session(all_three(), settings=config), tr) is None
+    assert finish_session(fake_record(all_three(), settings=config), tr) is None
     assert tr.lines == [
         f"pytest-llmquant: wrote report {files['report']}",
         f"pytest-llmquant: wrote Markdown summary {files['md']}",
@@ -395,13 +416,13 @@ def test_finish_session_writes_every_requested_file(
 
 def test_finish_session_forces_failure_on_a_regression(tmp_path: Path) -> None:
     base = tmp_path / "base.json"
-    write_baseline(fake_session(all_three()), base)
-    session = fake_session(
+    write_baseline(fake_record(all_three()), base)
+    record = fake_record(
         [similarity(mean_kld=0.0093), speedup(), memory()],
         settings=fake_settings(baseline=str(base)),
     )
     tr = Terminal()
-    assert finish_session(session, tr) == 1
+    assert finish_session(record, tr) == 1
     obtained = tmp_path / "base.obtained.json"
     assert tr.lines == [
         f"{PAIR}: mean KLD regressed 0.0041 → 0.0093 "
@@ -411,9 +432,9 @@ def test_finish_session_forces_failure_on_a_regression(tmp_path: Path) -> None:
         f"is in {obtained}: review it and copy it over {base} to accept the change",
     ]
     assert load_baseline(obtained)["pairs"][PAIR]["mean_kld"] == 0.0093
-    session.results = all_three()
+    record.results = all_three()
     tr = Terminal()
-    assert finish_session(session, tr) is None
+    assert finish_session(record, tr) is None
     assert tr.lines == [f"pytest-llmquant: no regression against baseline {base}"]
 
 
@@ -421,19 +442,91 @@ def test_finish_session_does_not_overwrite_a_baseline_with_nothing(tmp_path: Pat
     base = tmp_path / "base.json"
     base.write_text("keep")
     tr = Terminal()
-    session = fake_session([], settings=fake_settings(save_baseline=str(base)))
-    assert finish_session(session, tr) is None
+    record = fake_record([], settings=fake_settings(save_baseline=str(base)))
+    assert finish_session(record, tr) is None
     assert base.read_text() == "keep"
     assert tr.lines == [
         f"pytest-llmquant: baseline {base} not written: no gate measured anything in this run"
     ]
 
 
-def test_finish_session_is_silent_in_an_xdist_worker(tmp_path: Path) -> None:
-    session = fake_session(all_three(), settings=fake_settings(report=str(tmp_path / "r.json")))
-    session.config = SimpleNamespace(workerinput={})  # what xdist sets on a worker's config
-    assert finish_session(session, Terminal()) is None
-    assert not (tmp_path / "r.json").exists()
+def test_a_hand_built_record_without_settings_still_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The merge tool and tests build records with no settings: CPU, threads unknown, and
+    no file but the step summary."""
+    summary = tmp_path / "step.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    record = RunRecord(results=all_three())
+    assert report_dict(record)["settings"] == {
+        "threads": None,
+        "device": "cpu",
+        "schemes": [],
+        "models": [],
+    }
+    assert markdown_summary(record).splitlines()[2] == "? threads, device cpu, schemes: -"
+    tr = Terminal()
+    assert finish_session(record, tr) is None
+    assert tr.lines == [f"pytest-llmquant: appended Markdown summary to {summary}"]
+
+
+def test_the_report_names_the_models_and_their_load_times() -> None:
+    record = fake_record(
+        all_three(),
+        loads={"HuggingFaceTB/SmolLM2-135M": Load(12.5, "FP32 weights from the cache")},
+    )
+    record.sources = [SourceLabel("HuggingFaceTB/SmolLM2-135M", "smollm2-135m")]
+    data = report_dict(record)
+    assert data["settings"]["models"] == [
+        {"label": "smollm2-135m", "spec": "HuggingFaceTB/SmolLM2-135M"}
+    ]
+    assert data["load_times_s"] == {"HuggingFaceTB/SmolLM2-135M": 12.5}
+
+
+class SummaryTerminal(Terminal):
+    def write_sep(self, sep: str, title: str | None = None, **markup: bool) -> None:
+        self.lines.append(f"{sep * 3} {title} {sep * 3}")
+
+
+def test_terminal_summary_lists_loads_coverage_and_a_table_per_pair() -> None:
+    record = fake_record(
+        all_three(PAIR) + [similarity(OTHER)],
+        settings=fake_settings(reference_dtype="bfloat16"),
+        loads={"HuggingFaceTB/SmolLM2-135M": Load(12.5, "FP32 weights from the cache")},
+        pairs={PAIR: {"int8": {"label": "dynamic-int8", "made_by": "scheme", "path": ""}}},
+    )
+    record.sources = [SourceLabel("HuggingFaceTB/SmolLM2-135M", "smollm2-135m")]
+    tr = SummaryTerminal()
+    write_terminal_summary(tr, record)
+    assert tr.lines[:4] == [
+        "=== pytest-llmquant summary ===",
+        "smollm2-135m: BF16 loaded in 12.5 s (FP32 weights from the cache)",
+        f"{PAIR}: quantized 3 of 4 linear layers (FP32: lm_head); dynamic-int8, made by the scheme",
+        f"{OTHER}: quantized 3 of 4 linear layers (FP32: lm_head)",
+    ]
+    assert f"{PAIR}  (2 threads, device cpu)" in tr.lines
+    assert f"{OTHER}  (2 threads, device cpu)" in tr.lines
+    headers = [line.split()[:3] for line in tr.lines if line.startswith("metric ")]
+    assert headers == [["metric", "FP32", "INT8"]] * 2  # the gates' own reference column
+
+
+def test_an_xdist_worker_writes_no_output(pytester: pytest.Pytester) -> None:
+    """The controller writes the files from every worker's results; a worker (xdist sets
+    ``workerinput`` on its config) writes none, so two processes never race on a file."""
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_configure(config):
+            config.workerinput = {"workerid": "gw0"}
+        """
+    )
+    pytester.makepyfile("def test_nothing(): pass")
+    report = pytester.path / "r.json"
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--llmq-report={report}")
+    assert result.ret == 0
+    assert not report.exists()
 
 
 # -- the plugin wiring, end to end (no model: the test appends fabricated results) -------------

@@ -35,10 +35,25 @@ def test_nothing_before_the_first_delay_then_one_line_per_interval() -> None:
     ]
 
 
-def test_a_silent_progress_writes_nothing() -> None:
-    progress = Progress(None).start()
-    progress("anything")
-    progress.note("anything")  # no writer: nothing to fail on
+def test_a_silent_progress_prints_nothing_and_stops_reading_the_clock(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Under -q a progress has no writer: long after the first delay it still prints
+    nothing anywhere, and a call costs no clock read (it sits in per-token loops)."""
+    clock = Clock()
+    reads: list[float] = []
+
+    def counted() -> float:
+        reads.append(clock())
+        return reads[-1]
+
+    progress = Progress(None, clock=counted).start()
+    clock.now += FIRST_AFTER_S + 10 * EVERY_S
+    for step in range(100):
+        progress(f"step {step}")
+    progress.note("a note")
+    assert capsys.readouterr() == ("", "")
+    assert len(reads) == 1  # start() only
 
 
 EAGER = """

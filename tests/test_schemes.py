@@ -176,9 +176,13 @@ def test_scheme_options_are_recorded_and_validated():
     scheme = get_scheme("weight-only-int8", group_size=64, skip=["lm_head"])
     assert scheme.describe()["config"] == {"group_size": 64, "skip": ["lm_head"]}
     assert get_scheme("weight-only-int8", group_size=0).group_size is None
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError, match=r"^group_size must be >= 1 \(or 0/None for per channel\), not -3$"
+    ):
         get_scheme("weight-only-int8", group_size=-3)
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError, match=r"^alpha must be in \[0, 1\] \(or None: no smoothing\), not 1\.5$"
+    ):
         get_scheme("smoothquant-w8a8", alpha=1.5)
 
 
@@ -279,7 +283,10 @@ def test_pack_unpack_round_trip_and_layout(rows, cols, group):
         )
         scale_bytes = packed[base + 4 * r : base + 4 * r + 4].contiguous().view(torch.float32)
         assert float(scale_bytes) == float(scales[row, grp])
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError,
+        match=rf"^shape \({rows}, {cols - 1}\) with group_size={group} cannot be packed$",
+    ):
         pack_rows(q[:, : cols - 1], scales, group)
 
 

@@ -55,8 +55,10 @@ def test_env_wins_over_ini_and_cli_wins_over_env(pytester: pytest.Pytester, monk
 
 
 def test_settings_are_frozen() -> None:
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        Settings().max_kl = 1.0  # type: ignore[misc]
+    settings = Settings()
+    with pytest.raises(dataclasses.FrozenInstanceError, match="max_kl"):  # only our field name
+        settings.max_kl = 1.0  # type: ignore[misc]
+    assert settings.max_kl == Settings().max_kl
 
 
 #: one bad value per checked option, and the words its error must contain
@@ -74,6 +76,7 @@ BAD_VALUES = {
     "min_speedup": ("0", "must be a finite number > 0"),
     "min_memory_ratio": ("-2", "must be a finite number > 0"),
     "time_budget": ("inf", "must be a finite number > 0"),
+    "speed_inconclusive": ("maybe", "must be one of fail, skip, pass"),
     "new_tokens": ("2.5", "must be a positive integer"),
     "suite": ("perhaps", "must be true or false"),
     "report": ("{nodir}/r.json", "must be a file path in an existing directory"),

@@ -91,7 +91,7 @@ def test_token_stats_match_a_direct_computation():
         ref = ref_token(fp32[i].tolist(), int8[i].tolist(), int(targets[i]))
         assert stats.kld[i] == pytest.approx(ref["kld"], rel=1e-9, abs=1e-12)
         assert bool(stats.same_top[i]) == ref["same_top"]
-        assert stats.logp_fp32[i] == pytest.approx(ref["logp"], rel=1e-9)
+        assert stats.logp_reference[i] == pytest.approx(ref["logp"], rel=1e-9)
         assert stats.logp_int8[i] == pytest.approx(ref["logq"], rel=1e-9)
         assert stats.dp[i] == pytest.approx(ref["dp"], rel=1e-9, abs=1e-12)
     assert stats.kld.dtype.name == "float64"
@@ -103,7 +103,7 @@ def test_token_stats_are_the_same_when_rows_are_processed_in_small_chunks(monkey
     whole = token_stats(fp32, int8, targets)
     monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 5 * 40)  # 5 rows at a time
     chunked = token_stats(fp32, int8, targets)
-    for name in ("kld", "same_top", "logp_fp32", "logp_int8", "dp"):
+    for name in ("kld", "same_top", "logp_reference", "logp_int8", "dp"):
         assert getattr(chunked, name).tolist() == getattr(whole, name).tolist()
 
 
@@ -131,7 +131,7 @@ def test_moving_probability_mass_gives_the_textbook_kld():
     int8 = torch.tensor([[math.log(9.0), 0.0]], dtype=torch.float64)
     stats = token_stats(fp32, int8, torch.tensor([1]))
     assert stats.kld[0] == pytest.approx(math.log(5 / 3), rel=1e-12)
-    assert stats.logp_fp32[0] == pytest.approx(math.log(0.5))
+    assert stats.logp_reference[0] == pytest.approx(math.log(0.5))
     assert stats.logp_int8[0] == pytest.approx(math.log(0.1))
     assert stats.dp[0] == pytest.approx(0.1 - 0.5)
 
@@ -198,7 +198,7 @@ def test_the_ratio_is_known_far_better_than_either_perplexity():
     result = summarize(token_stats(fp32, int8, targets))
     stats = token_stats(fp32, int8, targets)
     unpaired_se = math.sqrt(
-        statistics.variance(stats.logp_fp32.tolist()) / 400
+        statistics.variance(stats.logp_reference.tolist()) / 400
         + statistics.variance(stats.logp_int8.tolist()) / 400
     )
     assert result.ppl_ratio_se < 0.2 * result.ppl_ratio * unpaired_se

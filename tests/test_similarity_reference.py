@@ -101,7 +101,7 @@ def test_stats_from_the_stored_form_match_the_direct_ones():
     from_store = reference_token_stats(stored(fp32, targets), int8, targets)
     # exact side data: the statistics that do not read the 16-bit log-probs are identical
     assert from_store.same_top.tolist() == direct.same_top.tolist()
-    assert from_store.logp_fp32.tolist() == direct.logp_fp32.tolist()
+    assert from_store.logp_reference.tolist() == direct.logp_reference.tolist()
     assert from_store.logp_int8.tolist() == direct.logp_int8.tolist()
     assert from_store.dp.tolist() == direct.dp.tolist()
     # KLD: per token within 1% (rounding errors of random sign, weighted by p (log p - log q)),
@@ -159,7 +159,7 @@ def store_for(root: Path, tiny_gpt2_dir: Path, model) -> ReferenceStore:
 
 def measure(fp32, int8, tok, store, **kw):
     args = {"text": TEXT, "n_tokens": N, "prompts": PROMPTS, "greedy_tokens": 4, **kw}
-    return measure_similarity(fp32, int8, tok, reference=store, **args)
+    return measure_similarity(fp32, int8, tok, store=store, **args)
 
 
 def entries(root: Path, namespace: str = ref_mod.KLD_NAMESPACE) -> list[Path]:
@@ -298,10 +298,10 @@ def test_new_library_versions_or_model_files_make_the_entry_stale(
 ):
     model, tok = gpt2
     measure(model, perturbed, tok, store_for(tmp_path, tiny_gpt2_dir, model), prompts=())
-    import pytest_llmquant.models.loading as loading
+    import pytest_llmquant.versions as versions
 
-    real = loading.library_versions()
-    monkeypatch.setattr(loading, "library_versions", lambda: {**real, "torch": "0.0.1"})
+    real = versions.library_versions()
+    monkeypatch.setattr(versions, "library_versions", lambda: {**real, "torch": "0.0.1"})
     with pytest.warns(LlmqCacheWarning, match="is stale"), calls_of(model) as fp32_calls:
         measure(model, perturbed, tok, store_for(tmp_path, tiny_gpt2_dir, model), prompts=())
     assert fp32_calls and len(entries(tmp_path)) == 1  # replaced, not added

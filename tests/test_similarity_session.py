@@ -24,8 +24,8 @@ def test_gate(llmq_pair):
 def test_zz_record(llmq_session, llmq_pair, fp32_model):
     calls = []
     fp32_model.register_forward_pre_hook(lambda *_: calls.append(1))
-    llmq_session.measurements.clear()  # measure again, watching the FP32 model
-    result = llmq_session.similarity(llmq_pair)
+    llmq_session.memo.clear()  # measure again, watching the FP32 model
+    result = llmq_session.memo.similarity(llmq_pair)
     with open("record.json", "w") as fh:
         json.dump({"fp32_calls": len(calls), "result": result.as_dict()}, fh)
 """

@@ -35,7 +35,7 @@ def test_kld_from_the_stored_reference_matches_the_direct_computation(
     int8, _ = build_int8(fp32, "weight-only-int8")
     store = ReferenceStore.for_source(ModelCache(tmp_path), resolve("smollm2-135m"), fp32)
     direct = measure_similarity(fp32, int8, tok, prompts=())
-    cached = measure_similarity(fp32, int8, tok, prompts=(), reference=store)
+    cached = measure_similarity(fp32, int8, tok, prompts=(), store=store)
     assert direct.n_tokens == cached.n_tokens == 2048
     assert 0.0005 < direct.mean_kld < 0.005  # the figure this bound is about
     err = abs(cached.mean_kld - direct.mean_kld)

@@ -32,11 +32,11 @@ scipy_stats = pytest.importorskip("scipy.stats")
 def paired(
     ratio: float, n: int, *, sigma: float, seed: int = 0, base: float = 0.040
 ) -> tuple[list[float], list[float]]:
-    """n pairs of s/step with FP32/INT8 = ratio and lognormal noise on each run."""
+    """n pairs of s/step with reference/INT8 = ratio and lognormal noise on each run."""
     rng = np.random.default_rng(seed)
-    fp32 = base * np.exp(rng.normal(0.0, sigma, n))
+    reference = base * np.exp(rng.normal(0.0, sigma, n))
     int8 = base / ratio * np.exp(rng.normal(0.0, sigma, n))
-    return fp32.tolist(), int8.tolist()
+    return reference.tolist(), int8.tolist()
 
 
 # -- the statistic against independent references ------------------------------------
@@ -142,15 +142,15 @@ def test_fewer_pairs_than_the_sign_test_for_the_same_width() -> None:
 @pytest.mark.parametrize("n", [10, 25, 60])
 def test_ci_coverage_is_near_nominal(n: int) -> None:
     """Seeded simulation: the interval holds the true speedup about as often as it claims.
-    Each run gets skewed (exponential) slowdowns, alike for FP32 and INT8: the log-ratio
+    Each run gets skewed (exponential) slowdowns, alike for the reference and INT8: the log-ratio
     is then symmetric, which is all the signed-rank interval needs."""
     rng = np.random.default_rng(1234 + n)
     true_ratio, sims = 1.6, 1000
     hits = 0
     for _ in range(sims):
-        fp32 = 0.04 * np.exp(rng.normal(0, 0.15, n)) * (1 + rng.exponential(0.1, n))
+        reference = 0.04 * np.exp(rng.normal(0, 0.15, n)) * (1 + rng.exponential(0.1, n))
         int8 = 0.025 * np.exp(rng.normal(0, 0.15, n)) * (1 + rng.exponential(0.1, n))
-        d = decide(fp32.tolist(), int8.tolist(), 1.0, confidence=0.95)
+        d = decide(reference.tolist(), int8.tolist(), 1.0, confidence=0.95)
         hits += d.ci_low <= true_ratio <= d.ci_high
     se = math.sqrt(0.95 * 0.05 / sims)
     assert abs(hits / sims - 0.95) < 4 * se + 0.01, hits / sims
@@ -164,21 +164,21 @@ def test_default_confidence_is_99() -> None:
 
 
 def test_clear_pass() -> None:
-    fp32, int8 = paired(1.75, 12, sigma=0.02)
-    d = decide(fp32, int8, 1.2)
+    reference, int8 = paired(1.75, 12, sigma=0.02)
+    d = decide(reference, int8, 1.2)
     assert d.verdict == "pass"
     assert not d.close
     assert d.ci_low >= 1.2
     assert d.ci_low <= d.speedup <= d.ci_high
     assert d.speedup == pytest.approx(1.75, rel=0.05)
-    assert d.speedup == pytest.approx(math.exp(hodges_lehmann(np.log(np.divide(fp32, int8)))))
+    assert d.speedup == pytest.approx(math.exp(hodges_lehmann(np.log(np.divide(reference, int8)))))
     assert d.n == 12 and d.confidence == 0.99
     assert d.rule.startswith("pass: the 99% signed-rank CI")
 
 
 def test_clear_fail() -> None:
-    fp32, int8 = paired(1.1, 12, sigma=0.02)
-    d = decide(fp32, int8, 1.5)
+    reference, int8 = paired(1.1, 12, sigma=0.02)
+    d = decide(reference, int8, 1.5)
     assert d.verdict == "fail"
     assert d.ci_high < 1.5
     assert not d.close
@@ -187,21 +187,21 @@ def test_clear_fail() -> None:
 
 def test_the_interval_decides_at_its_edges() -> None:
     """pass needs the whole interval at or above the threshold, fail wholly below."""
-    fp32, int8 = paired(1.75, 20, sigma=0.05, seed=2)
-    d = decide(fp32, int8, 1.0)
-    assert decide(fp32, int8, d.ci_low).verdict == "pass"  # at the lower edge: still pass
-    assert decide(fp32, int8, d.ci_low * 1.0001).verdict == "undecided"
-    assert decide(fp32, int8, d.ci_high).verdict == "undecided"
-    assert decide(fp32, int8, d.ci_high * 1.0001).verdict == "fail"
+    reference, int8 = paired(1.75, 20, sigma=0.05, seed=2)
+    d = decide(reference, int8, 1.0)
+    assert decide(reference, int8, d.ci_low).verdict == "pass"  # at the lower edge: still pass
+    assert decide(reference, int8, d.ci_low * 1.0001).verdict == "undecided"
+    assert decide(reference, int8, d.ci_high).verdict == "undecided"
+    assert decide(reference, int8, d.ci_high * 1.0001).verdict == "fail"
 
 
 def test_borderline_undecided_until_final() -> None:
-    fp32, int8 = paired(1.5, 20, sigma=0.05, seed=3)
-    d = decide(fp32, int8, 1.5)
+    reference, int8 = paired(1.5, 20, sigma=0.05, seed=3)
+    d = decide(reference, int8, 1.5)
     assert d.verdict == "undecided"
     assert d.ci_low < 1.5 <= d.ci_high
     assert "contains the 1.5x threshold" in d.rule
-    f = decide(fp32, int8, 1.5, final=True)
+    f = decide(reference, int8, 1.5, final=True)
     assert f.close
     assert f.verdict == ("pass" if f.speedup >= 1.5 else "fail")
     assert (f.speedup, f.ci_low, f.ci_high) == (d.speedup, d.ci_low, d.ci_high)
@@ -209,70 +209,70 @@ def test_borderline_undecided_until_final() -> None:
 
 
 def test_final_does_not_mark_clear_verdicts_close() -> None:
-    fp32, int8 = paired(2.0, 12, sigma=0.02)
-    d = decide(fp32, int8, 1.2, final=True)
+    reference, int8 = paired(2.0, 12, sigma=0.02)
+    d = decide(reference, int8, 1.2, final=True)
     assert d.verdict == "pass" and not d.close
 
 
 def test_very_noisy_is_undecided_then_point_estimate() -> None:
-    fp32, int8 = paired(1.8, 10, sigma=0.6, seed=1)
-    d = decide(fp32, int8, 1.5)
+    reference, int8 = paired(1.8, 10, sigma=0.6, seed=1)
+    d = decide(reference, int8, 1.5)
     assert d.verdict == "undecided"
     quiet = decide(*paired(1.8, 10, sigma=0.02, seed=1), 1.5)
     # the interval is honest about the noise: a factor > 2 wide, 20x the quiet one's width
     assert d.ci_high / d.ci_low > 2
     assert math.log(d.ci_high / d.ci_low) > 20 * math.log(quiet.ci_high / quiet.ci_low)
-    f = decide(fp32, int8, 1.5, final=True)
+    f = decide(reference, int8, 1.5, final=True)
     assert f.close and f.verdict == ("pass" if f.speedup >= 1.5 else "fail")
 
 
 def test_one_huge_outlier_does_not_flip_the_verdict() -> None:
-    fp32, int8 = paired(1.75, 15, sigma=0.02)
-    before = decide(fp32, int8, 1.3)
+    reference, int8 = paired(1.75, 15, sigma=0.02)
+    before = decide(reference, int8, 1.3)
     int8[4] *= 50  # INT8 lost its core for a whole step
-    after = decide(fp32, int8, 1.3)
+    after = decide(reference, int8, 1.3)
     assert before.verdict == after.verdict == "pass"
     assert after.speedup == pytest.approx(before.speedup, rel=0.02)
-    fp32[7] *= 50  # and FP32 once too
-    assert decide(fp32, int8, 1.3).verdict == "pass"
+    reference[7] *= 50  # and the reference once too
+    assert decide(reference, int8, 1.3).verdict == "pass"
 
 
 def test_fewer_than_min_pairs_is_undecided() -> None:
-    fp32, int8 = paired(3.0, 4, sigma=0.01)
-    d = decide(fp32, int8, 1.2, confidence=0.8, min_pairs=5)
+    reference, int8 = paired(3.0, 4, sigma=0.01)
+    d = decide(reference, int8, 1.2, confidence=0.8, min_pairs=5)
     assert d.verdict == "undecided" and "4 of 5 pairs" in d.rule
-    f = decide(fp32, int8, 1.2, confidence=0.8, min_pairs=5, final=True)
+    f = decide(reference, int8, 1.2, confidence=0.8, min_pairs=5, final=True)
     assert f.verdict == "pass" and f.close
 
 
 def test_too_few_pairs_for_the_confidence_gives_no_interval() -> None:
     # at 99% the signed-rank interval needs 8 pairs: 2 * 0.5**7 > 0.01
-    fp32, int8 = paired(3.0, 7, sigma=0.01)
-    d = decide(fp32, int8, 1.2)
+    reference, int8 = paired(3.0, 7, sigma=0.01)
+    d = decide(reference, int8, 1.2)
     assert d.verdict == "undecided"
     assert d.ci_low == 0.0 and d.ci_high == math.inf
     assert "no interval yet" in d.rule
-    fp32, int8 = paired(3.0, 8, sigma=0.01)
-    assert decide(fp32, int8, 1.2).verdict == "pass"
+    reference, int8 = paired(3.0, 8, sigma=0.01)
+    assert decide(reference, int8, 1.2).verdict == "pass"
 
 
 def _sequential_gate(rng: np.random.Generator, true_ratio: float, threshold: float) -> str:
     """The gate's look schedule (every 25% more pairs from 8 to 300) on noisy pairs with
     occasional 1.2-3x slowdowns of either run; the point estimate decides at the end."""
-    fp32: list[float] = []
+    reference: list[float] = []
     int8: list[float] = []
     next_look = 8
-    while len(fp32) < 300:
+    while len(reference) < 300:
         slow_a = rng.uniform(1.2, 3) if rng.random() < 0.1 else 1.0
         slow_b = rng.uniform(1.2, 3) if rng.random() < 0.1 else 1.0
-        fp32.append(0.04 * math.exp(rng.normal(0, 0.15)) * slow_a)
+        reference.append(0.04 * math.exp(rng.normal(0, 0.15)) * slow_a)
         int8.append(0.04 / true_ratio * math.exp(rng.normal(0, 0.15)) * slow_b)
-        if len(fp32) >= next_look:
-            next_look = max(len(fp32) + 1, math.ceil(len(fp32) * LOOK_GROWTH))
-            verdict = decide(fp32, int8, threshold, min_pairs=8).verdict
+        if len(reference) >= next_look:
+            next_look = max(len(reference) + 1, math.ceil(len(reference) * LOOK_GROWTH))
+            verdict = decide(reference, int8, threshold, min_pairs=8).verdict
             if verdict != "undecided":
                 return verdict
-    return decide(fp32, int8, threshold, min_pairs=8, final=True).verdict
+    return decide(reference, int8, threshold, min_pairs=8, final=True).verdict
 
 
 def test_sequential_error_rates_at_the_benchmark_thresholds() -> None:
@@ -296,38 +296,38 @@ def test_sequential_wrong_side_rate_at_the_truth_is_small() -> None:
     rng = np.random.default_rng(11)
     runs, confident = 300, 0
     for _ in range(runs):
-        fp32: list[float] = []
+        reference: list[float] = []
         int8: list[float] = []
         next_look = 8
-        while len(fp32) < 150:
-            fp32.append(0.04 * math.exp(rng.normal(0, 0.15)))
+        while len(reference) < 150:
+            reference.append(0.04 * math.exp(rng.normal(0, 0.15)))
             int8.append(0.02 * math.exp(rng.normal(0, 0.15)))
-            if len(fp32) >= next_look:
-                next_look = max(len(fp32) + 1, math.ceil(len(fp32) * LOOK_GROWTH))
-                if decide(fp32, int8, 2.0, min_pairs=8).verdict != "undecided":
+            if len(reference) >= next_look:
+                next_look = max(len(reference) + 1, math.ceil(len(reference) * LOOK_GROWTH))
+                if decide(reference, int8, 2.0, min_pairs=8).verdict != "undecided":
                     confident += 1
                     break
     assert confident / runs <= 0.10
 
 
 @pytest.mark.parametrize(
-    ("fp32", "int8", "threshold", "message"),
+    ("reference", "int8", "threshold", "message"),
     [
-        ([1.0, 2.0], [1.0], 1.0, "must be paired: got 2 FP32 and 1 INT8"),
+        ([1.0, 2.0], [1.0], 1.0, "must be paired: got 2 reference and 1 INT8"),
         ([], [], 1.0, "no timing pairs"),
-        ([1.0, 0.0], [1.0, 1.0], 1.0, r"fp32\[1\] = 0.0: timings must be positive finite"),
+        ([1.0, 0.0], [1.0, 1.0], 1.0, r"reference\[1\] = 0.0: timings must be positive finite"),
         ([1.0, 1.0], [1.0, -2.0], 1.0, r"int8\[1\] = -2.0"),
-        ([1.0, math.nan], [1.0, 1.0], 1.0, r"fp32\[1\] = nan"),
+        ([1.0, math.nan], [1.0, 1.0], 1.0, r"reference\[1\] = nan"),
         ([1.0, 1.0], [math.inf, 1.0], 1.0, r"int8\[0\] = inf"),
         ([1.0], [1.0], 0.0, "threshold must be a positive finite speedup factor, got 0.0"),
         ([1.0], [1.0], -1.5, "threshold must be a positive"),
     ],
 )
 def test_input_validation(
-    fp32: list[float], int8: list[float], threshold: float, message: str
+    reference: list[float], int8: list[float], threshold: float, message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        decide(fp32, int8, threshold)
+        decide(reference, int8, threshold)
 
 
 @pytest.mark.parametrize("confidence", [0.0, 1.0, 1.5, 0.3])

@@ -3,6 +3,7 @@ a user-style generation test, and the ``llmq-ci`` profile."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +129,16 @@ def test_prompts_fall_back_without_corpus(monkeypatch: pytest.MonkeyPatch) -> No
         S._corpus_words.cache_clear()
 
 
-@pytest.mark.parametrize("lo, hi", [(0, 5), (5, 4), (-1, 10)])
-def test_prompts_bad_bounds(lo: int, hi: int) -> None:
-    with pytest.raises(InvalidArgument):
+@pytest.mark.parametrize(
+    "lo, hi, message",
+    [
+        (0, 5, "prompts(min_size=0): min_size must be at least 1"),
+        (5, 4, "prompts(min_size=5, max_size=4): max_size must be >= min_size"),
+        (-1, 10, "prompts(min_size=-1): min_size must be at least 1"),
+    ],
+)
+def test_prompts_bad_bounds(lo: int, hi: int, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"^{re.escape(message)}$"):
         prompts(min_size=lo, max_size=hi).example()
 
 
@@ -174,7 +182,9 @@ def test_token_ids_shrink_to_lowest_non_special(tokenizer: Any) -> None:
 
 
 def test_token_ids_bad_arguments(tokenizer: Any) -> None:
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(
+        InvalidArgument, match=r"^token_ids\(min_len=5, max_len=2\): need 0 <= min_len"
+    ):
         token_ids(tokenizer, min_len=5, max_len=2)
     with pytest.raises(InvalidArgument, match="no len"):
         token_ids(object())

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_llmquant import suite
+from pytest_llmquant.run.record import RunRecord
 
 PROMPTS = ["The capital", "def add(a, b):\n    return", "A test that cannot fail proves", "x"]
 
@@ -60,7 +61,10 @@ def test_determinism_and_generation_share_one_greedy_run(
         return generate(*args, **kwargs)
 
     monkeypatch.setattr(pair.int8, "generate", counted)
-    session = SimpleNamespace(measurements={})
+    from pytest_llmquant.run.memo import Measurements
+
+    # only the memo's once() is used: no settings, store or progress line are needed
+    session = SimpleNamespace(memo=Measurements(None, None, progress=print))  # type: ignore[arg-type]
     suite.determinism(pair, session)
     suite.generation(pair, session)
     assert len(calls) == 2  # determinism's two runs; generation reads the first
@@ -117,7 +121,7 @@ class FakeBenchmark:
 def test_a_benchmark_of_no_rounds_or_tokens_is_refused_in_one_line(pair: Any, kwargs: Any) -> None:
     from pytest_llmquant.speed.benchmark import LlmqBenchmark
 
-    bench = LlmqBenchmark(FakeBenchmark(1.0), pair, SimpleNamespace(benchmark_medians={}), 8)
+    bench = LlmqBenchmark(FakeBenchmark(1.0), pair, SimpleNamespace(record=RunRecord()), 8)
     with pytest.raises(
         ValueError, match=r"need rounds >= 1, warmup_rounds >= 0 and new_tokens >= 1"
     ):
@@ -127,7 +131,7 @@ def test_a_benchmark_of_no_rounds_or_tokens_is_refused_in_one_line(pair: Any, kw
 def test_a_speedup_is_only_computed_between_entries_of_the_same_length(pair: Any) -> None:
     from pytest_llmquant.speed.benchmark import LlmqBenchmark
 
-    session = SimpleNamespace(benchmark_medians={})
+    session = SimpleNamespace(record=RunRecord())
     LlmqBenchmark(FakeBenchmark(2.0), pair, session, 8).run("fp32", rounds=1, new_tokens=8)
     longer = FakeBenchmark(1.0)
     LlmqBenchmark(longer, pair, session, 8).run("int8", rounds=1, new_tokens=16)

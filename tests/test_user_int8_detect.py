@@ -14,7 +14,7 @@ import pytest
 from user_int8_models import load, make_tiny_llama
 
 from pytest_llmquant.errors import LlmqUsageError
-from pytest_llmquant.user_int8 import describe_checkpoint, describe_int8
+from pytest_llmquant.int8.third_party import describe_checkpoint, describe_int8
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,8 @@ def linear_count(model: Any) -> int:
 
 def test_importing_the_package_does_not_import_torch() -> None:
     code = (
-        "import sys, pytest_llmquant.user_int8 as u\n"
-        "from pytest_llmquant.user_int8 import configs, description, detect, explain, probe, save\n"
+        "import sys, pytest_llmquant.int8.third_party as u\n"
+        "from pytest_llmquant.int8.third_party import configs, description, detect, explain, probe, save\n"
         "u.describe_checkpoint\n"
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
@@ -46,7 +46,7 @@ def test_importing_the_package_does_not_import_torch() -> None:
 
 def test_an_fp32_model_is_not_quantized(llama: Any) -> None:
     desc = describe_int8(llama)
-    assert (desc.route, desc.bits, desc.is_quantized) == ("none", None, False)
+    assert (desc.library, desc.bits, desc.is_quantized) == ("none", None, False)
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,7 @@ def test_torchao_quantize_is_read_from_the_weight_tensors(
     linears = linear_count(llama)
     quantization.quantize_(llama, getattr(quantization, config)())
     desc = describe_int8(llama)
-    assert (desc.label, desc.bits, desc.route) == (label, 8, "torchao")
+    assert (desc.label, desc.bits, desc.library) == (label, 8, "torchao")
     assert desc.layers == linears  # quantize_ converts every nn.Linear, lm_head included
     assert desc.quant_method is None  # no transformers config: made in memory
 
@@ -75,7 +75,7 @@ def test_quanto_layers_give_their_weight_type(llama: Any, qtype: str, bits: int)
     before_freeze = describe_int8(llama)
     quanto.freeze(llama)
     desc = describe_int8(llama)
-    assert (desc.label, desc.bits, desc.route) == (f"quanto {qtype}", bits, "quanto")
+    assert (desc.label, desc.bits, desc.library) == (f"quanto {qtype}", bits, "quanto")
     assert "NOT frozen" in before_freeze.method and "NOT frozen" not in desc.method
 
 
@@ -91,7 +91,7 @@ def test_bitsandbytes_layers_through_transformers(
 
     model = load(tiny_gpt2_dir, quantization_config=BitsAndBytesConfig(**flags), device_map="cpu")
     desc = describe_int8(model)
-    assert (desc.bits, desc.route, desc.quant_method) == (bits, "bitsandbytes", "bitsandbytes")
+    assert (desc.bits, desc.library, desc.quant_method) == (bits, "bitsandbytes", "bitsandbytes")
     assert label is None or desc.label == label
     assert desc.layers == 8  # GPT-2's Conv1D layers; the tied lm_head stays float
 
@@ -103,7 +103,7 @@ def test_our_schemes_are_named_by_scheme(tiny_gpt2_dir: Path, scheme: str) -> No
     fp32, _ = load_fp32(str(tiny_gpt2_dir))
     int8, cov = build_int8(fp32, scheme)
     desc = describe_int8(int8)
-    assert (desc.label, desc.bits, desc.route, desc.scheme) == (scheme, 8, "llmq", scheme)
+    assert (desc.label, desc.bits, desc.library, desc.scheme) == (scheme, 8, "llmq", scheme)
     assert desc.layers == len(cov.quantized) == 9
 
 
@@ -122,7 +122,7 @@ def test_a_users_own_int8_layers_are_custom(llama: Any) -> None:
 
     llama.lm_head = MyInt8Linear(llama.lm_head)
     desc = describe_int8(llama)
-    assert (desc.label, desc.bits, desc.route, desc.layers) == (
+    assert (desc.label, desc.bits, desc.library, desc.layers) == (
         "custom MyInt8Linear",
         8,
         "custom",
@@ -167,7 +167,7 @@ CT_W4A16 = {
 
 
 @pytest.mark.parametrize(
-    ("quantization_config", "label", "bits", "route"),
+    ("quantization_config", "label", "bits", "library"),
     [
         (TORCHAO_NEW, "torchao Int8DynamicActivationInt8Weight", 8, "torchao"),
         ({"quant_method": "torchao", "quant_type": "int8_weight_only"}, "torchao Int8WeightOnly", 8, "torchao"),
@@ -184,16 +184,16 @@ CT_W4A16 = {
     ],
 )  # fmt: skip
 def test_checkpoint_label_and_bits_come_from_its_quantization_config(
-    tmp_path: Path, quantization_config: dict[str, Any], label: str, bits: int | None, route: str
+    tmp_path: Path, quantization_config: dict[str, Any], label: str, bits: int | None, library: str
 ) -> None:
     config = {"model_type": "llama", "quantization_config": quantization_config}
     (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
     desc = describe_checkpoint(tmp_path)
-    assert (desc.label, desc.bits, desc.route) == (label, bits, route)
+    assert (desc.label, desc.bits, desc.library) == (label, bits, library)
 
 
 def test_a_float_checkpoint_is_not_quantized(llama_dir: Path) -> None:
-    assert describe_checkpoint(llama_dir).route == "none"
+    assert describe_checkpoint(llama_dir).library == "none"
 
 
 def test_our_checkpoint_is_read_from_its_recipe(llama: Any, tmp_path: Path) -> None:
@@ -202,7 +202,7 @@ def test_our_checkpoint_is_read_from_its_recipe(llama: Any, tmp_path: Path) -> N
     scheme = get_scheme("weight-only-int8")
     scheme.save(scheme.quantize(llama), tmp_path)
     desc = describe_checkpoint(tmp_path)
-    assert (desc.label, desc.bits, desc.route, desc.scheme) == (
+    assert (desc.label, desc.bits, desc.library, desc.scheme) == (
         "weight-only-int8", 8, "llmq", "weight-only-int8"
     )  # fmt: skip
 

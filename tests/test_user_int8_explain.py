@@ -15,8 +15,8 @@ import torch
 from user_int8_models import load, make_tiny_llama
 
 from pytest_llmquant.errors import LlmqModelError, LlmqUsageError
-from pytest_llmquant.user_int8 import describe_checkpoint, describe_int8, load_saved_int8
-from pytest_llmquant.user_int8.explain import (
+from pytest_llmquant.int8.third_party import describe_checkpoint, describe_int8, load_saved_int8
+from pytest_llmquant.int8.third_party.explain import (
     check_not_dequantized,
     compare_over_shared_vocab,
     shared_vocab,
@@ -108,7 +108,7 @@ def test_a_checkpoint_dequantized_on_load_is_refused(llama_dir: Path, tmp_path: 
 
     dense = load(ckpt, quantization_config=CompressedTensorsConfig(dequantize=True))
     loaded = describe_int8(dense)
-    assert loaded.route == "none"  # float weights, and transformers dropped the config too
+    assert loaded.library == "none"  # float weights, and transformers dropped the config too
     with pytest.raises(LlmqUsageError) as err:
         check_not_dequantized(str(ckpt), declared, loaded)
     assert "compressed-tensors W8A8, but transformers dequantized it" in one_line(err)

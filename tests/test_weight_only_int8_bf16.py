@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -273,7 +274,7 @@ def test_without_a_tokenizer_calibration_warns_and_uses_fixed_ids(tiny_gpt2_dir:
     model.name_or_path = model.config._name_or_path = ""
     with pytest.warns(RuntimeWarning, match="pseudo-random token ids"):
         first = wb.calibration_ids(model, 100)
-    with pytest.warns(RuntimeWarning):
+    with pytest.warns(RuntimeWarning, match="pseudo-random token ids"):
         assert torch.equal(torch.cat(first), torch.cat(wb.calibration_ids(model, 100)))
 
 
@@ -296,8 +297,12 @@ def test_options_are_recorded_and_validated():
         "stats_mib": 512,
         "skip": [],
     }
-    for bad in ({"rounding": "stochastic"}, {"exact_top": -1}, {"calibration_tokens": 3}):
-        with pytest.raises(ValueError):
+    for bad, message in (
+        ({"rounding": "stochastic"}, "rounding must be 'gptq' or 'nearest', not 'stochastic'"),
+        ({"exact_top": -1}, "calibration_tokens must be >= 16, exact_top >= 0 and stats_mib > 0; got 1024, -1, 512"),
+        ({"calibration_tokens": 3}, "calibration_tokens must be >= 16, exact_top >= 0 and stats_mib > 0; got 3, 32, 512"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             get_scheme(NAME, **bad)
 
 

@@ -1,6 +1,6 @@
 """Helpers for the user-INT8 tests: a tiny Llama (nn.Linear layers, which torchao and
 quanto quantize; GPT-2's Conv1D they skip) and a fresh process that reloads a saved
-INT8 model through :func:`pytest_llmquant.user_int8.probe.load_saved_int8`."""
+INT8 model through :func:`pytest_llmquant.int8.third_party.probe.load_saved_int8`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ IDS = [3, 17, 42, 99, 150, 7, 256, 31]
 RELOAD = """
 import json, sys, torch
 torch.set_num_threads(1)
-from pytest_llmquant.user_int8.probe import load_saved_int8
+from pytest_llmquant.int8.third_party.probe import load_saved_int8
 model = load_saved_int8(**json.loads(sys.argv[1]))
 with torch.inference_mode():
     logits = model(torch.tensor([json.loads(sys.argv[2])])).logits

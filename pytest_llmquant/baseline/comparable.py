@@ -10,10 +10,10 @@ recorded is compared as before, with a note that nothing was checked.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from ..errors import LlmqUsageError
-from .store import find_pair
+from ..types import JSONValue
+from .store import BaselineDict, find_pair, measured_on
 
 #: measured_on key -> how the error names it
 _LABELS = {
@@ -29,35 +29,33 @@ _SIMILARITY_METRICS = ("mean_kld", "same_top", "ppl_ratio")
 _BUILT_IN = "built-in corpus"
 
 
-def _shown(key: str, setup: Mapping[str, Any]) -> str:
+def _shown(key: str, setup: Mapping[str, JSONValue]) -> str:
     value = setup[key]
     if key == "eval_text_sha256":
         return f"sha256 {str(value)[:12]}… ({setup.get('eval_text', '?')})"
     return str(value)
 
 
-def _has_similarity(entry: Mapping[str, Any]) -> bool:
+def _has_similarity(entry: Mapping[str, JSONValue]) -> bool:
     return any(entry.get(k) is not None for k in _SIMILARITY_METRICS)
 
 
-def setting_differences(
-    old: Mapping[str, Any], new: Mapping[str, Any]
-) -> tuple[list[str], list[str]]:
+def setting_differences(old: BaselineDict, new: BaselineDict) -> tuple[list[str], list[str]]:
     """(differences, notes): one phrase per setting that differs between the baseline
     ``old`` and this run's baseline dict ``new`` (naming the pairs when not all of the
     compared ones differ), and a note when the baseline does not record its setting."""
-    old_pairs: Mapping[str, Any] = old.get("pairs") or {}
+    old_pairs = old.get("pairs") or {}
     found: dict[str, list[str]] = {}
     compared: list[str] = []
     unrecorded = False
     for pair, metrics in (new.get("pairs") or {}).items():
-        now: Mapping[str, Any] = metrics.get("measured_on") or {}
+        now = measured_on(metrics)
         hit = find_pair(old_pairs, pair, now.get("device"))
         if hit is None:
             continue
         before = hit[1]
         compared.append(pair)
-        was: Mapping[str, Any] = before.get("measured_on") or {}
+        was = measured_on(before)
         if not was and now.get("eval_text_sha256") and _has_similarity(before):
             unrecorded = True
         similarity = _has_similarity(before) and _has_similarity(metrics)
@@ -90,7 +88,7 @@ def setting_differences(
 
 
 def check_comparable(
-    old: Mapping[str, Any], new: Mapping[str, Any], *, source: str | None = None
+    old: BaselineDict, new: BaselineDict, *, source: str | None = None
 ) -> list[str]:
     """Raise a one-line :class:`LlmqUsageError` naming what differs, or return the notes."""
     differences, notes = setting_differences(old, new)

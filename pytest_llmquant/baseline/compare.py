@@ -42,15 +42,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import LlmqUsageError
-from ..reporting.json_report import finite_number
+from ..jsonfiles import finite_number
+from ..settings import Settings
+from ..types import JSONValue
 from .comparable import check_comparable
-from .store import baseline_dict, find_pair
+from .store import BaselineDict, BaselinePair, baseline_dict, find_pair, measured_on
 
-#: the z of the noise rule when none is given (``--llmq-baseline-z``)
-DEFAULT_Z = 3.0
+if TYPE_CHECKING:
+    from ..run.record import RunRecord
+
+#: the z of the noise rule when none is given: ``--llmq-baseline-z``'s default
+DEFAULT_Z: float = Settings.baseline_z
 
 #: per metric: relative and absolute slack, see the module docstring
 DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
@@ -118,7 +124,9 @@ def _describe(tol: Mapping[str, float], lower_better: bool) -> str:
     return sign + terms[0] + "".join(f" {sign} {t}" for t in terms[1:])
 
 
-def _noise(before: Mapping[str, Any], after: Mapping[str, Any], name: str) -> float | None:
+def _noise(
+    before: Mapping[str, JSONValue], after: Mapping[str, JSONValue], name: str
+) -> float | None:
     """The combined standard error of metric ``name`` in two measurements, or None when
     neither recorded one (a missing one counts as 0)."""
     ses = [finite_number(m.get(f"{name}_se")) for m in (before, after)]
@@ -163,7 +171,7 @@ def _judge_beyond_tolerance(
 
 def _judge_speedup(
     pair: str,
-    metrics: Mapping[str, Any],
+    metrics: Mapping[str, JSONValue],
     was: float,
     now: float,
     limit: float,
@@ -195,9 +203,85 @@ def _judge_speedup(
         )
 
 
+def _limit(was: float, tol: Mapping[str, float], lower_better: bool) -> float:
+    """The worst value of a metric that is not yet a regression against ``was``."""
+    if lower_better:
+        return was * (1 + tol["rel"]) + tol["abs"]
+    return was * (1 - tol["rel"]) - tol["abs"]
+
+
+@dataclass
+class _Findings:
+    """What a comparison found, one line each, and how to judge it."""
+
+    tolerances: dict[str, dict[str, float]]
+    confidence: Mapping[str, float]
+    z: float
+    regressions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _compare_metric(
+    pair: str, name: str, metrics: BaselinePair, before: BaselinePair, found: _Findings
+) -> None:
+    """Judge one metric of this run's pair against the baseline's value, if both have it."""
+    spec = _metric_spec(name)
+    if spec is None or name in _INFO_KEYS:
+        return
+    tol_key, lower_better, label, fmt = spec
+    was, now = finite_number(before.get(name)), finite_number(metrics[name])
+    if was is None:
+        found.notes.append(f"{pair}: {label} not in the baseline, not compared")
+        return
+    if now is None:
+        return
+    t = found.tolerances[tol_key]
+    limit = _limit(was, t, lower_better)
+    if name == "speedup":
+        _judge_speedup(
+            pair, metrics, was, now, limit, t, found.confidence, found.regressions, found.notes
+        )
+        return
+    if (now > limit) if lower_better else (now < limit):
+        regressed, line = _judge_beyond_tolerance(
+            f"{pair}: {label}", fmt, was, now, limit, t, lower_better,
+            _noise(before, metrics, name), found.z,
+        )  # fmt: skip
+        (found.regressions if regressed else found.notes).append(line)
+
+
+def _compare_pair(pair: str, metrics: BaselinePair, before: BaselinePair, found: _Findings) -> None:
+    """Every metric of one pair, then those the baseline has and this run did not measure."""
+    for name in metrics:
+        _compare_metric(pair, name, metrics, before, found)
+    for name in before:
+        missing = _metric_spec(name) if name not in metrics else None
+        if missing is not None and name not in _INFO_KEYS:
+            found.notes.append(f"{pair}: {missing[2]} is in the baseline but was not measured")
+
+
+def _unmatched_notes(unmatched: list[str]) -> list[str]:
+    """Pairs of the baseline this run did not measure: named, or counted when many."""
+    if len(unmatched) <= 3:
+        return [f"{key}: in the baseline but not measured in this run" for key in unmatched]
+    return [  # a merged baseline of a CI matrix: the other jobs' pairs
+        f"{len(unmatched)} pairs in the baseline were not measured in this run "
+        f"({', '.join(unmatched[:3])}, …)"
+    ]
+
+
+def _version_notes(old: BaselineDict, new: BaselineDict) -> list[str]:
+    old_v, new_v = old.get("versions") or {}, new.get("versions") or {}
+    return [
+        f"baseline made with {lib} {old_v[lib]}, this run uses {new_v[lib]}"
+        for lib in ("torch", "transformers")
+        if old_v.get(lib) and new_v.get(lib) and old_v[lib] != new_v[lib]
+    ]
+
+
 def compare_baselines(
-    old: Mapping[str, Any],
-    new: Mapping[str, Any],
+    old: BaselineDict,
+    new: BaselineDict,
     tolerances: Mapping[str, Mapping[str, float]] | None = None,
     *,
     confidence: Mapping[str, float] | None = None,
@@ -213,66 +297,25 @@ def compare_baselines(
     errors. Baselines measured on another text or setting raise a one-line
     :class:`LlmqUsageError` (``source``, the baseline's file, names it and the fix).
     """
-    tol = resolve_tolerances(tolerances)
-    regressions: list[str] = []
-    notes: list[str] = check_comparable(old, new, source=source)
-    old_pairs: Mapping[str, Any] = old.get("pairs") or {}
-    new_pairs: Mapping[str, Any] = new.get("pairs") or {}
+    found = _Findings(resolve_tolerances(tolerances), confidence or {}, z)
+    found.notes.extend(check_comparable(old, new, source=source))
+    old_pairs = old.get("pairs") or {}
     matched: set[str] = set()
-    for pair, metrics in new_pairs.items():
-        hit = find_pair(old_pairs, pair, (metrics.get("measured_on") or {}).get("device"))
+    for pair, metrics in (new.get("pairs") or {}).items():
+        hit = find_pair(old_pairs, pair, measured_on(metrics).get("device"))
         if hit is None:
-            notes.append(f"{pair}: not in the baseline, nothing to compare")
+            found.notes.append(f"{pair}: not in the baseline, nothing to compare")
             continue
         matched.add(hit[0])
-        before = hit[1] or {}
-        for name, value in metrics.items():
-            spec = _metric_spec(name)
-            if spec is None or name in _INFO_KEYS:
-                continue
-            tol_key, lower_better, label, fmt = spec
-            was, now = finite_number(before.get(name)), finite_number(value)
-            if was is None:
-                notes.append(f"{pair}: {label} not in the baseline, not compared")
-                continue
-            if now is None:
-                continue
-            t = tol[tol_key]
-            if lower_better:
-                limit = was * (1 + t["rel"]) + t["abs"]
-            else:
-                limit = was * (1 - t["rel"]) - t["abs"]
-            if name == "speedup":
-                _judge_speedup(pair, metrics, was, now, limit, t, confidence, regressions, notes)
-                continue
-            if (now > limit) if lower_better else (now < limit):
-                regressed, line = _judge_beyond_tolerance(
-                    f"{pair}: {label}", fmt, was, now, limit, t, lower_better,
-                    _noise(before, metrics, name), z,
-                )  # fmt: skip
-                (regressions if regressed else notes).append(line)
-        for name in before:
-            missing = _metric_spec(name) if name not in metrics else None
-            if missing is not None and name not in _INFO_KEYS:
-                notes.append(f"{pair}: {missing[2]} is in the baseline but was not measured")
-    unmatched = [key for key in old_pairs if key not in matched]
-    if len(unmatched) <= 3:
-        notes.extend(f"{key}: in the baseline but not measured in this run" for key in unmatched)
-    else:  # a merged baseline of a CI matrix: the other jobs' pairs
-        notes.append(
-            f"{len(unmatched)} pairs in the baseline were not measured in this run "
-            f"({', '.join(unmatched[:3])}, …)"
-        )
-    old_v, new_v = old.get("versions") or {}, new.get("versions") or {}
-    for lib in ("torch", "transformers"):
-        if old_v.get(lib) and new_v.get(lib) and old_v[lib] != new_v[lib]:
-            notes.append(f"baseline made with {lib} {old_v[lib]}, this run uses {new_v[lib]}")
-    return regressions, notes
+        _compare_pair(pair, metrics, hit[1] or {}, found)
+    found.notes.extend(_unmatched_notes([key for key in old_pairs if key not in matched]))
+    found.notes.extend(_version_notes(old, new))
+    return found.regressions, found.notes
 
 
 def compare_to_baseline(
-    session: Any,
-    baseline: Mapping[str, Any],
+    record: RunRecord,
+    baseline: BaselineDict,
     tolerances: Mapping[str, Mapping[str, float]] | None = None,
     *,
     notes: list[str] | None = None,
@@ -288,12 +331,12 @@ def compare_to_baseline(
     one-line :class:`LlmqUsageError`; ``source`` (the baseline's path) is named in it.
     """
     confidence = {}
-    for r in getattr(session, "results", None) or []:
-        level = finite_number((r.measurement or {}).get("confidence"))
+    for r in record.results:
+        level = finite_number(r.measurement.get("confidence"))
         if r.gate == "quant_speedup" and level is not None:
             confidence[r.pair] = level
     regressions, found = compare_baselines(
-        baseline, baseline_dict(session), tolerances, confidence=confidence, z=z, source=source
+        baseline, baseline_dict(record), tolerances, confidence=confidence, z=z, source=source
     )
     if notes is not None:
         notes.extend(found)

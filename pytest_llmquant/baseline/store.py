@@ -8,6 +8,9 @@ models (the evaluation text's SHA-256, the scored tokens, the window, the refere
 dtype, the device), so that a later run on another text or setting is refused rather
 than compared. A file that cannot be read, or is not a baseline, is a one-line usage
 error that says how to make one.
+
+The file's keys are those every earlier version wrote: none was renamed, so a baseline
+saved by any version with ``schema_version`` 1 is read as it is.
 """
 
 from __future__ import annotations
@@ -17,21 +20,38 @@ import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias, TypedDict, TypeVar, cast
 
 from ..errors import LlmqUsageError
-from ..reporting.files import atomic_write
-from ..reporting.json_report import (
+from ..jsonfiles import (
+    BASELINE_KIND,
     REPORT_KIND,
     SCHEMA_VERSION,
+    atomic_write,
     finite_number,
     json_text,
-    strict_json,
+    strict_copy,
     versions,
 )
-from ..reporting.session_view import results_by_pair
+from ..types import JSONValue
 
-BASELINE_KIND = "pytest-llmquant baseline"
+if TYPE_CHECKING:
+    from ..run.record import PairSummary, RunRecord
+    from ..verdicts import GateResult
+
+#: one pair's entry: metric name -> value (``memory_ratio_<kind>`` names vary, so not a
+#: TypedDict), ``<metric>_se`` standard errors, and ``measured_on`` (a JSON object)
+BaselinePair: TypeAlias = "dict[str, JSONValue]"
+
+
+class BaselineDict(TypedDict, total=False):
+    """A baseline file. A hand-written one may hold ``pairs`` alone (and ``schema_version``)."""
+
+    schema_version: int
+    kind: str  # BASELINE_KIND
+    created: str  # ISO 8601, UTC
+    versions: dict[str, str]  # python, pytest, pytest-llmquant, torch, transformers
+    pairs: dict[str, BaselinePair]  # pair key (see pair_key) -> its metrics
 
 
 #: similarity metric -> the measurement key of its standard error
@@ -45,11 +65,19 @@ SIMILARITY_SETUP = {
 }
 
 
-def _measured_on(results: list[Any], summary: dict[str, Any], device: Any) -> dict[str, Any]:
+def measured_on(entry: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
+    """What a baseline pair entry says it was measured on ({} when it does not say)."""
+    value = entry.get("measured_on")
+    return value if isinstance(value, dict) else {}
+
+
+def _measured_on(
+    results: Iterable[GateResult], summary: PairSummary, device: str
+) -> dict[str, JSONValue]:
     """What one pair's numbers depend on besides the models; only what is known."""
-    out: dict[str, Any] = {}
+    out: dict[str, JSONValue] = {}
     for r in results:
-        m = r.measurement or {}
+        m = r.measurement
         if r.gate == "quant_similarity":
             out.update({k: m[key] for k, key in SIMILARITY_SETUP.items() if m.get(key) is not None})
             for key in ("reference_dtype", "device"):
@@ -62,7 +90,7 @@ def _measured_on(results: list[Any], summary: dict[str, Any], device: Any) -> di
     return out
 
 
-def _pair_metrics(results: Iterable[Any]) -> dict[str, Any]:
+def _pair_metrics(results: Iterable[GateResult]) -> dict[str, float | None]:
     """The comparable metrics of one pair's gate results.
 
     Similarity is deterministic, so any of its results will do. Of several speedup
@@ -70,10 +98,10 @@ def _pair_metrics(results: Iterable[Any]) -> dict[str, Any]:
     narrowest interval. Memory ratios are kept per kind: ``memory_ratio`` for weights,
     ``memory_ratio_<kind>`` for the others, which measure different things.
     """
-    out: dict[str, Any] = {}
+    out: dict[str, float | None] = {}
     best_pairs = -1
     for r in results:
-        m = r.measurement or {}
+        m = r.measurement
         if r.gate == "quant_similarity":
             for key, se in SIMILARITY_SE.items():
                 if finite_number(m.get(key)) is not None:
@@ -94,36 +122,34 @@ def _pair_metrics(results: Iterable[Any]) -> dict[str, Any]:
     return out
 
 
-def baseline_dict(session: Any) -> dict[str, Any]:
+def baseline_dict(record: RunRecord) -> BaselineDict:
     """The metrics of this run that a later run can be compared with (only those measured)."""
-    pairs: dict[str, Any] = {}
-    summaries = getattr(session, "pairs", None) or {}
-    for name, results in results_by_pair(session).items():
+    pairs: dict[str, BaselinePair] = {}
+    for name, results in record.results_by_pair().items():
         metrics = _pair_metrics(results)
         if metrics:
-            setup = _measured_on(
-                results, summaries.get(name) or {}, getattr(session, "device", None)
-            )
-            pairs[name] = {**metrics, **({"measured_on": setup} if setup else {})}
-    return strict_json(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "kind": BASELINE_KIND,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": versions(),
-            "pairs": pairs,
-        }
+            entry: BaselinePair = {**metrics}
+            setup = _measured_on(results, record.pairs.get(name) or {}, record.device)
+            if setup:
+                entry["measured_on"] = setup
+            pairs[name] = entry
+    return strict_copy(
+        BaselineDict(
+            schema_version=SCHEMA_VERSION,
+            kind=BASELINE_KIND,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            versions=versions(),
+            pairs=pairs,
+        )
     )
 
 
-def write_baseline(session: Any, path: str | os.PathLike[str]) -> Path:
+def write_baseline(record: RunRecord, path: str | os.PathLike[str]) -> Path:
     """Write :func:`baseline_dict` to ``path`` atomically; returns the path written."""
-    return atomic_write(path, json_text(baseline_dict(session)))
+    return atomic_write(path, json_text(baseline_dict(record)))
 
 
-def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a baseline file, or raise a one-line :class:`LlmqUsageError` saying how to fix it."""
-    fix = f"create it with --llmq-save-baseline={path} on a good run"
+def _read_json(path: str | os.PathLike[str], fix: str) -> JSONValue:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -132,40 +158,53 @@ def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise LlmqUsageError(f"cannot read baseline file {path} ({reason}); {fix}") from None
     try:
-        data = json.loads(text)
+        data: JSONValue = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LlmqUsageError(
             f"baseline file {path} is not valid JSON (line {exc.lineno}: {exc.msg}); re-{fix}"
         ) from None
-    kind = data.get("kind") if isinstance(data, dict) else None
-    if kind == REPORT_KIND:
-        raise LlmqUsageError(f"baseline file {path} is a --llmq-report file, not a baseline; {fix}")
-    problem = None
+    return data
+
+
+def _problem(data: JSONValue) -> str | None:
+    """Why ``data`` is not a baseline, or None."""
     if not isinstance(data, dict):
-        problem = "not a JSON object"
-    elif data.get("schema_version") != SCHEMA_VERSION:
-        problem = f"schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}"
-    elif kind not in (None, BASELINE_KIND):
-        problem = f"kind {kind!r}"
-    elif not isinstance(data.get("pairs"), dict) or not all(
-        isinstance(v, dict) for v in data["pairs"].values()
-    ):
-        problem = "no 'pairs' object of per-pair metrics"
+        return "not a JSON object"
+    if data.get("schema_version") != SCHEMA_VERSION:
+        return f"schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+    if data.get("kind") not in (None, BASELINE_KIND):
+        return f"kind {data.get('kind')!r}"
+    pairs = data.get("pairs")
+    if not isinstance(pairs, dict) or not all(isinstance(v, dict) for v in pairs.values()):
+        return "no 'pairs' object of per-pair metrics"
+    return None
+
+
+def load_baseline(path: str | os.PathLike[str]) -> BaselineDict:
+    """Read a baseline file, or raise a one-line :class:`LlmqUsageError` saying how to fix it."""
+    fix = f"create it with --llmq-save-baseline={path} on a good run"
+    data = _read_json(path, fix)
+    if isinstance(data, dict) and data.get("kind") == REPORT_KIND:
+        raise LlmqUsageError(f"baseline file {path} is a --llmq-report file, not a baseline; {fix}")
+    problem = _problem(data)
     if problem:
         raise LlmqUsageError(
             f"baseline file {path} is not a pytest-llmquant baseline ({problem}); re-{fix}"
         )
-    return data
+    return cast(BaselineDict, data)  # checked by _problem: an object with an object of pairs
 
 
-def pair_key(name: str, device: Any) -> str:
+def pair_key(name: str, device: object) -> str:
     """The key of a pair in a baseline or a merged report: its name, plus ``@ device`` off
     the CPU, so that one file can hold the same pair measured on several devices (a CI
     matrix, see :mod:`pytest_llmquant.merge`)."""
     return name if not device or device == "cpu" else f"{name} @ {device}"
 
 
-def find_pair(pairs: Mapping[str, Any], name: str, device: Any) -> tuple[str, Any] | None:
+_Entry = TypeVar("_Entry")
+
+
+def find_pair(pairs: Mapping[str, _Entry], name: str, device: object) -> tuple[str, _Entry] | None:
     """(key, entry) of pair ``name`` measured on ``device``: the device-qualified key of a
     merged file first, then the plain name of a single run's file."""
     for key in dict.fromkeys((pair_key(name, device), name)):

@@ -1,43 +1,32 @@
 """How much memory the INT8 model saves, measured four ways (the ``kind``).
 
-- ``weights`` (:mod:`.weights`): bytes of the tensors the model holds, int8 weights as
-  1 byte plus their scales. Exact and instant; what "4x smaller" means.
-- ``file`` (:mod:`.files`): bytes on disk after saving both models.
+- ``weights`` (``ModelSide.weight_bytes``): bytes of the tensors the model holds, int8
+  weights as 1 byte plus their scales. Exact and instant; what "4x smaller" means.
+- ``file``: bytes on disk of both models as they ship (``ModelSide.shipped_file``).
 - ``peak_rss`` (:mod:`.rss`): resident memory of fresh processes that load the model
   and generate 8 tokens, minus a process that only imports the libraries.
 - ``vram`` (:mod:`.vram`): GPU memory torch allocates in fresh processes that load the
   model on CUDA and generate 8 tokens; skips on any other device.
 
-What stays FP32 in the INT8 model (embeddings, norms, biases, layers a scheme skips)
+What stays in float in the INT8 model (embeddings, norms, biases, layers a scheme skips)
 is reported as ``MemoryResult.kept_float`` so a small ratio can be explained.
-:func:`measure_memory` is the one entry point the gates and ``assert_memory`` use.
+:func:`measure_memory` is the one entry point the gates and ``assert_memory`` use; it
+measures two model sides (:class:`~pytest_llmquant.sides.base.ModelSide`), or two
+``nn.Module`` objects it wraps into sides (:mod:`.wrap`).
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import LlmqUsageError
-from .files import file_bytes, file_kept_float
-from .rss import (
-    PROBE_MARK,
-    PROBE_TIMEOUT_S,
-    Precision,
-    baseline_rss,
-    measure_rss,
-    peak_rss,
-    probe,
-)
-from .vram import check_vram_device, measure_vram, vram_note
-
-if TYPE_CHECKING:
-    from ..int8.origin import Int8Origin
-from .weights import (
+from ..formats.sizes import file_bytes
+from ..sides.base import ModelSide, total_bytes
+from ..sides.torch_weights import (
     FLOAT_BIAS,
     FLOAT_EMBED,
     FLOAT_LINEAR,
@@ -47,10 +36,29 @@ from .weights import (
     OTHER,
     QPARAM_BYTES,
     ROLES,
+    file_kept_float,
     kept_float,
     weights_breakdown,
     weights_bytes,
 )
+from .rss import (
+    PROBE_MARK,
+    PROBE_TIMEOUT_S,
+    Precision,
+    baseline_rss,
+    measure_rss,
+    peak_rss,
+    probe,
+    rss_note,
+)
+from .vram import check_vram_device, measure_vram, vram_note
+from .wrap import ProbeSource, SpecArg, as_sides
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..origin import Int8Origin
+    from ..types import CausalLM, Tokenizer
 
 __all__ = [
     "FLOAT_BIAS",
@@ -80,162 +88,131 @@ __all__ = [
 
 KINDS: tuple[str, ...] = ("weights", "file", "peak_rss", "vram")
 
+WEIGHTS_NOTE = (
+    "parameters + buffers (tied once), int8 weights as 1 byte + 8 bytes of "
+    "scale/zero point per tensor or channel; backend packed copies not counted"
+)
+
 
 @dataclass
 class MemoryResult:
-    """One memory comparison; ``ratio`` is FP32 bytes / INT8 bytes (bigger is better)."""
+    """One memory comparison; ``ratio`` is reference bytes / INT8 bytes (bigger is better).
+
+    In :meth:`as_dict` (the JSON reports and baselines) ``reference_bytes`` keeps its old
+    key, ``fp32_bytes``; so do the reference's keys inside ``details`` (``fp32_breakdown``,
+    ``files.fp32``, ``probes.fp32``).
+    """
 
     kind: str
-    fp32_bytes: int
+    reference_bytes: int
     int8_bytes: int
     ratio: float  # nan when a side measured nothing (peak_rss of a model smaller than noise)
     kept_float: dict[str, int] | None  # bytes the INT8 model still stores in float, by role
     note: str
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
+    @property
+    def fp32_bytes(self) -> int:
+        """The reference's bytes, by their old name (reports, verdicts, baselines)."""
+        return self.reference_bytes
+
+    def as_dict(self) -> dict[str, object]:
         out = asdict(self)
+        out = {"kind": out.pop("kind"), "fp32_bytes": out.pop("reference_bytes"), **out}
         if not math.isfinite(self.ratio):
             out["ratio"] = None  # strict JSON has no NaN
         return out
 
 
-def _ratio(fp32: int, int8: int) -> float:
-    return fp32 / int8 if fp32 > 0 and int8 > 0 else math.nan
-
-
-def _save_fp32(model: Any, directory: Path) -> None:
-    model.save_pretrained(directory, safe_serialization=True)
+def _ratio(reference: int, int8: int) -> float:
+    return reference / int8 if reference > 0 and int8 > 0 else math.nan
 
 
 def measure_memory(
-    fp32_model: Any,
-    int8_model: Any,
+    reference: ModelSide | CausalLM | None,
+    int8: ModelSide | CausalLM | None,
     kind: str = "weights",
     *,
-    spec: dict[str, Any] | str | None = None,
+    spec: SpecArg = None,
     scheme: str | None = None,
-    save: Callable[[Any, Path], None] | None = None,
+    save: Callable[[CausalLM, Path], None] | None = None,
     origin: Int8Origin | None = None,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
 ) -> MemoryResult:
-    """Compare the memory of the reference and INT8 models; ``kind`` is one of :data:`KINDS`.
+    """Compare the memory of the reference and INT8 sides; ``kind`` is one of :data:`KINDS`.
 
-    - ``weights``: :func:`weights_bytes` of both models (in this process).
-    - ``file``: :func:`file_bytes` of the reference's ``save_pretrained`` against the INT8
-      model saved the way its maker saves it: with ``origin`` (where it came from: see
-      :mod:`pytest_llmquant.int8.on_disk`; a model with no safe save skips), else with
-      ``save(model, dir)`` or ``scheme``'s save.
-    - ``peak_rss``: fresh processes, one at a time, load ``spec`` (the reference) and the
-      same INT8 model (``origin``: the user's files, else ``scheme`` rebuilt from the
-      reference) and generate 8 tokens; the models passed in are not used otherwise.
-      Compares the peak RSS while generating (the reference an INT8 copy was built from
-      freed, the high-water mark reset), each minus a process that only imports the
-      libraries. The whole-life peaks, which include loading, are in ``details``.
-    - ``vram``: the same fresh processes on the CUDA device of ``spec``, comparing the GPU
-      memory torch allocates from the loaded model through generating (:mod:`.vram`);
+    - ``weights``: :meth:`~pytest_llmquant.sides.base.ModelSide.weight_bytes` of both.
+    - ``file``: both sides as they ship (``shipped_file``): the reference's
+      ``save_pretrained`` against the INT8 model saved the way its route saves it (a model
+      with no safe save skips).
+    - ``peak_rss``: fresh processes, one at a time, load each side as its ``probe_spec``
+      says (the reference: ``spec``, the session's model; the INT8 side: its route's files,
+      or ``scheme`` rebuilt from the reference) and generate 8 tokens. Compares the peak
+      RSS while generating (the reference an INT8 copy was built from freed, the
+      high-water mark reset), each minus a process that only imports the libraries. The
+      whole-life peaks, which include loading, are in ``details``.
+    - ``vram``: the same fresh processes on the CUDA device of the reference, comparing the
+      GPU memory torch allocates from the loaded model through generating (:mod:`.vram`);
       raises :class:`~pytest_llmquant.errors.LlmqSkip` when the device is not CUDA.
+
+    ``nn.Module`` arguments are wrapped into sides (:func:`.wrap.as_sides`): ``spec`` says
+    how a fresh process loads the reference, and ``origin`` (where the INT8 model came
+    from), else ``save(model, dir)`` or ``scheme`` how the INT8 model is saved and loaded.
     """
     if kind not in KINDS:
         raise LlmqUsageError(f"unknown memory kind {kind!r}; valid kinds: {', '.join(KINDS)}")
-    if kind == "weights":
-        fp32 = weights_bytes(fp32_model)
-        parts = weights_breakdown(int8_model)
-        int8 = sum(parts.values())
-        kept = kept_float(parts)
-        note = (
-            "parameters + buffers (tied once), int8 weights as 1 byte + 8 bytes of "
-            "scale/zero point per tensor or channel; backend packed copies not counted"
-        )
-        return MemoryResult(
-            kind,
-            fp32,
-            int8,
-            _ratio(fp32, int8),
-            kept,
-            note,
-            {"int8_breakdown": parts, "fp32_breakdown": weights_breakdown(fp32_model)},
-        )
-    if kind == "file":
-        return _file_sizes(fp32_model, int8_model, scheme, save, origin)
-    if kind == "vram":  # before anything is saved or started
-        device = _device(spec, fp32_model)
-        check_vram_device(device)
-        if spec is not None:
-            spec = {**({"model": spec} if isinstance(spec, str) else spec), "device": device}
-    if spec is None:
-        raise LlmqUsageError(
-            f"memory kind {kind!r} needs spec= (the --llmq-model value) so "
-            "fresh processes can load the model"
-        )
-    with tempfile.TemporaryDirectory(prefix=f"llmq-{kind}-") as tmp:
-        if origin is not None:
-            from ..int8.on_disk import probe_args
-
-            int8_args = probe_args(int8_model, tokenizer, origin, Path(tmp))
-        else:
-            int8_args = {"scheme": scheme}
-        if kind == "vram":
-            fp32, int8, details = measure_vram(spec, int8_args)
-        else:
-            fp32, int8, details = measure_rss(spec, int8_args)
-    made = "built from the reference in-process" if "scheme" in int8_args else "loaded as saved"
-    if kind == "vram":
-        note = vram_note(details, made)
-        return MemoryResult(kind, fp32, int8, _ratio(fp32, int8), None, note, details)
-    probes = details["probes"]
-    note = (
-        f"peak RSS while generating 8 tokens in a fresh process, minus "
-        f"{details['baseline_bytes'] / 1e6:.0f} MB for python+torch+transformers "
-        f"(phase {details['phase']}); whole-life peaks incl. loading: reference "
-        f"{probes['fp32']['peak_bytes'] / 1e6:.0f} MB, INT8 "
-        f"{probes['int8']['peak_bytes'] / 1e6:.0f} MB ({made})"
+    sides = as_sides(
+        reference,
+        int8,
+        kind,
+        spec=spec,
+        scheme=scheme,
+        save=save,
+        origin=origin,
+        tokenizer=tokenizer,
     )
-    return MemoryResult(kind, fp32, int8, _ratio(fp32, int8), None, note, details)
+    if kind == "weights":
+        return _weights(*sides.loaded(kind))
+    if kind == "file":
+        return _shipped(*sides.loaded(kind))
+    return _probed(kind, sides.reference_probe, sides.int8_probe, sides.device(spec))
 
 
-def _device(spec: dict[str, Any] | str | None, model: Any) -> str:
-    """The device the probes would use: ``spec["device"]``, else the model's, else cpu."""
-    if isinstance(spec, dict) and spec.get("device"):
-        return str(spec["device"])
-    device = getattr(model, "device", None)
-    return str(device) if device is not None else "cpu"
+def _weights(reference: ModelSide, int8: ModelSide) -> MemoryResult:
+    ref_parts, int8_parts = reference.weight_bytes(), int8.weight_bytes()
+    ref, q = total_bytes(ref_parts), total_bytes(int8_parts)
+    details: dict[str, object] = {"int8_breakdown": int8_parts, "fp32_breakdown": ref_parts}
+    return MemoryResult(
+        "weights", ref, q, _ratio(ref, q), kept_float(int8_parts), WEIGHTS_NOTE, details
+    )
 
 
-def _file_sizes(
-    fp32_model: Any,
-    int8_model: Any,
-    scheme: str | None,
-    save: Callable[[Any, Path], None] | None,
-    origin: Int8Origin | None,
-) -> MemoryResult:
-    if save is None and scheme is None and origin is None:
-        raise LlmqUsageError(
-            "memory kind 'file' needs scheme= (a --llmq-scheme name), origin= or "
-            "save=callable(model, dir) to save the INT8 model"
-        )
+def _shipped(reference: ModelSide, int8: ModelSide) -> MemoryResult:
     with tempfile.TemporaryDirectory(prefix="llmq-mem-") as tmp:
-        fp32_dir, int8_dir = Path(tmp, "fp32"), Path(tmp, "int8")
-        fp32_dir.mkdir()
-        _save_fp32(fp32_model, fp32_dir)
-        fp32 = file_bytes(fp32_dir)
-        if origin is not None and save is None:
-            from ..int8.on_disk import save as save_as_maker
+        ref = reference.shipped_file(Path(tmp, "fp32"))
+        q = int8.shipped_file(Path(tmp, "int8"))
+    note = f"saved size: reference {ref.how} vs INT8 saved with {q.how}"
+    files = {"fp32": list(ref.files), "int8": list(q.files)}
+    ratio = _ratio(ref.bytes, q.bytes)
+    return MemoryResult(
+        "file", ref.bytes, q.bytes, ratio, dict(q.kept_float), note, {"files": files}
+    )
 
-            saved = save_as_maker(int8_model, origin, int8_dir)
-            int8, how, where = saved.bytes, saved.how, saved.directory
+
+def _probed(kind: str, reference: ProbeSource, int8: ProbeSource, device: str) -> MemoryResult:
+    """``peak_rss`` or ``vram``: each side loaded by a fresh process as its probe spec says."""
+    if kind == "vram":  # before anything is saved or started
+        check_vram_device(device)
+    with tempfile.TemporaryDirectory(prefix=f"llmq-{kind}-") as tmp:
+        ref_args = dict(reference(Path(tmp, "reference")).args)
+        int8_spec = int8(Path(tmp, "int8"))
+        if kind == "vram":
+            ref_args["device"] = device
+            ref, q, details = measure_vram(ref_args, int8_spec.args)
         else:
-            int8_dir.mkdir()
-            if save is None:
-                from ..schemes import get_scheme
-
-                save = get_scheme(str(scheme)).save
-            save(int8_model, int8_dir)
-            int8, how, where = file_bytes(int8_dir), "the scheme's save", int8_dir
-        kept = file_kept_float(where, int8_model) if where.is_dir() else {}
-        files = {
-            "fp32": sorted(p.name for p in fp32_dir.iterdir()),
-            "int8": sorted(p.name for p in where.iterdir()) if where.is_dir() else [where.name],
-        }
-    note = f"saved size: reference save_pretrained(safetensors) vs INT8 saved with {how}"
-    return MemoryResult("file", fp32, int8, _ratio(fp32, int8), kept, note, {"files": files})
+            ref, q, details = measure_rss(ref_args, int8_spec.args)
+    if kind == "vram":
+        note = vram_note(details, int8_spec.made)
+    else:
+        note = rss_note(details, int8_spec.made)
+    return MemoryResult(kind, ref, q, _ratio(ref, q), None, note, dict(details))

@@ -5,7 +5,7 @@ Run as ``python -m pytest_llmquant.memory.rss_probe '{"mode": "fp32", "model": "
 It prints one line, ``LLMQ-PROBE {json}``, with sizes in bytes:
 
 - ``peak_bytes``: the peak RSS of the whole process (imports, load, generate);
-- ``loaded_bytes``: RSS once the model is ready (for INT8: after the FP32 model it
+- ``loaded_bytes``: RSS once the model is ready (for INT8: after the reference it
   was built from is freed);
 - ``serve_peak_bytes``: the peak RSS from that moment through generating 8 tokens
   greedily, i.e. what serving the model costs (``None`` where the high-water mark
@@ -19,8 +19,10 @@ models reports the *pytest* process's peak. ``VmHWM`` in ``/proc/self/status`` b
 to the new address space only, and writing ``5`` to ``/proc/self/clear_refs`` resets
 it, which is how the serve phase is measured apart from loading.
 
-Modes: ``fp32`` (``loading.load_fp32``), ``int8`` (``load_fp32`` then
-``int8.build.build_int8``, then the FP32 model is deleted), and ``baseline``: the same
+Modes: ``fp32``, the reference (``loading.load_fp32``); ``int8``, the INT8 side as the
+route its arguments name loads it (``int8.routes.load_in_probe``: a saved directory, a
+GGUF next to the reference, or the reference and a scheme's INT8 copy of it, the
+reference then freed); and ``baseline``: the same
 imports, the same tokenizer and config, the model class built on the meta device (no
 weights) and one small matmul to start torch's thread pool. Subtracting the baseline
 leaves the memory of the weights and of generating with them.
@@ -40,10 +42,16 @@ import gc
 import json
 import resource
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import LlmqError, LlmqUsageError
-from .rss import PROBE_MARK, PROBE_MODULE
+from ..models.causal_lm import model_device
+from .rss import PROBE_MARK, PROBE_MODULE, ProbeArgs, ProbeReport
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..types import CausalLM, Tokenizer
 
 PROMPT = "The capital of France is"
 
@@ -84,7 +92,7 @@ def reset_hwm() -> bool:
     return True
 
 
-def _baseline(args: dict[str, Any]) -> dict[str, Any]:
+def _baseline(args: ProbeArgs) -> ProbeReport:
     """Everything a model probe does, except holding weights."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -97,7 +105,7 @@ def _baseline(args: dict[str, Any]) -> dict[str, Any]:
         try:
             from ..models.sources import resolve
 
-            source = resolve(model)
+            source = resolve(str(model))
             if source.kind != "gguf":
                 trust = bool(args.get("trust_remote_code", False))
                 config = AutoConfig.from_pretrained(source.location, trust_remote_code=trust)
@@ -113,55 +121,48 @@ def _baseline(args: dict[str, Any]) -> dict[str, Any]:
     return {"baseline_scope": scope}
 
 
-def _model(args: dict[str, Any], mode: str) -> tuple[Any, Any, dict[str, Any]]:
-    """The model this probe measures: the reference, or the INT8 model as the user gets it
-    (their saved directory loaded as its maker loads it, a Q8_0 GGUF, or our scheme built
-    from the reference, which is then freed)."""
-    from ..schemes import kernels
-
-    kernels.set_cache_dir(args.get("cache_dir"))  # the parent's kernel, not a second build
-    device = str(args.get("device", "cpu"))
-    extra: dict[str, Any] = {}
-    if mode == "int8" and args.get("int8_dir"):  # no reference in this process at all
-        from transformers import AutoTokenizer
-
-        from ..user_int8.probe import load_saved_int8
-
-        tokenizer = AutoTokenizer.from_pretrained(str(args["tokenizer_dir"]))
-        model = load_saved_int8(str(args["int8_dir"]), args.get("int8_loader"), device=device)
-        extra["int8_dir"] = str(args["int8_dir"])
-        return model, tokenizer, extra
+def _load_reference(args: ProbeArgs) -> tuple[CausalLM, Tokenizer]:
     from ..models.loading import load_fp32
 
-    model, tokenizer = load_fp32(
+    return load_fp32(
         str(args["model"]),
-        cache_dir=args.get("cache_dir"),
-        device=device,
+        cache_dir=_text(args.get("cache_dir")),
+        device=str(args.get("device", "cpu")),
         trust_remote_code=bool(args.get("trust_remote_code", False)),
         dtype=str(args.get("dtype", "float32")),
     )
+
+
+def _text(value: str | int | bool | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _model(args: ProbeArgs, mode: str) -> tuple[CausalLM, Tokenizer, ProbeReport]:
+    """The model this probe measures: the reference, or the INT8 side as its route loads
+    it (:func:`pytest_llmquant.int8.routes.load_in_probe`: the user's saved directory as
+    its maker loads it, a Q8_0 GGUF, or our scheme built from the reference, then freed)."""
+    from ..schemes import kernels
+
+    kernels.set_cache_dir(_text(args.get("cache_dir")))  # the parent's kernel, not a second build
     if mode != "int8":
-        return model, tokenizer, extra
-    extra["fp32_loaded_bytes"] = rss_bytes()
-    if args.get("int8_gguf"):
-        from ..formats.gguf.q8_0 import load_gguf_int8
+        return (*_load_reference(args), {})
+    extra: ProbeReport = {}
 
-        int8_model = load_gguf_int8(str(args["int8_gguf"]), model, device=device)
-        extra["int8_gguf"] = str(args["int8_gguf"])
-    else:
-        from ..int8.build import build_int8
-        from ..schemes import default_scheme
+    def reference() -> tuple[CausalLM, Tokenizer]:
+        loaded = _load_reference(args)
+        extra["fp32_loaded_bytes"] = rss_bytes()
+        return loaded
 
-        scheme = str(args.get("scheme") or default_scheme())
-        int8_model, coverage = build_int8(model, scheme, device=device)
-        extra["scheme"] = scheme
-        extra["coverage"] = str(coverage)
-    del model
-    gc.collect()
-    return int8_model, tokenizer, extra
+    # the one place the memory package reaches the INT8 routes: in the probe process only
+    from ..int8.routes import load_in_probe
+
+    loaded = load_in_probe(args, reference)
+    extra.update(loaded.extra)
+    gc.collect()  # the reference a route built from is gone with its frame
+    return loaded.model, loaded.tokenizer, extra
 
 
-def _gpu(args: dict[str, Any], mode: str) -> Any:
+def _gpu(args: ProbeArgs, mode: str) -> torch.device | None:
     """The CUDA device a ``vram`` report measures, or None when none was asked for."""
     if args.get("report") != "vram":
         return None
@@ -179,11 +180,11 @@ def _gpu(args: dict[str, Any], mode: str) -> Any:
     return gpu
 
 
-def _vram_after_load(gpu: Any) -> dict[str, Any]:
+def _vram_after_load(gpu: torch.device) -> ProbeReport:
     import torch
 
     torch.cuda.synchronize(gpu)
-    report = {
+    report: ProbeReport = {
         "vram_load_peak_bytes": int(torch.cuda.max_memory_allocated(gpu)),
         "vram_loaded_bytes": int(torch.cuda.memory_allocated(gpu)),
     }
@@ -191,16 +192,17 @@ def _vram_after_load(gpu: Any) -> dict[str, Any]:
     return report
 
 
-def _vram_after_generate(gpu: Any, report: dict[str, Any]) -> None:
+def _vram_after_generate(gpu: torch.device, report: ProbeReport) -> None:
     import torch
 
     torch.cuda.synchronize(gpu)
     serve = int(torch.cuda.max_memory_allocated(gpu))
+    load_peak = report["vram_load_peak_bytes"]
     report["vram_serve_peak_bytes"] = serve
-    report["vram_peak_bytes"] = max(serve, report["vram_load_peak_bytes"])
+    report["vram_peak_bytes"] = max(serve, load_peak if isinstance(load_peak, int) else 0)
 
 
-def run(args: dict[str, Any]) -> dict[str, Any]:
+def run(args: ProbeArgs) -> ProbeReport:
     mode = args.get("mode")
     if mode not in ("fp32", "int8", "baseline"):
         raise LlmqUsageError(f"memory probe mode {mode!r}: use fp32, int8 or baseline")
@@ -208,9 +210,10 @@ def run(args: dict[str, Any]) -> dict[str, Any]:
 
     gpu = _gpu(args, mode)
 
-    if args.get("threads"):
-        torch.set_num_threads(int(args["threads"]))
-    report: dict[str, Any] = {"mode": mode}
+    threads = args.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    report: ProbeReport = {"mode": mode}
     if mode == "baseline":
         report.update(_baseline(args))
         loaded, serve = rss_bytes(), None
@@ -224,10 +227,12 @@ def run(args: dict[str, Any]) -> dict[str, Any]:
         load_peak = hwm_bytes()
         loaded = rss_bytes()
         can_reset = reset_hwm()
-        new_tokens = int(args.get("new_tokens", 8))
-        inputs = tokenizer(PROMPT, return_tensors="pt").to(model.device)
+        asked = args.get("new_tokens", 8)
+        new_tokens = int(asked) if asked is not None else 8
+        device = model_device(model)
+        inputs = {k: v.to(device) for k, v in tokenizer(PROMPT, return_tensors="pt").items()}
         with torch.inference_mode():
-            out = model.generate(
+            out = model.generate(  # type: ignore[operator]
                 **inputs,
                 do_sample=False,
                 max_new_tokens=new_tokens,

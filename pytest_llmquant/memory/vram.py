@@ -18,10 +18,17 @@ raises :class:`~pytest_llmquant.errors.LlmqSkip`, which the gate turns into a sk
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..errors import LlmqSkip
-from .rss import PROBE_TIMEOUT_S, _finish_probe, _probe_args, _start_probe
+from .rss import (
+    PROBE_TIMEOUT_S,
+    ProbeArgs,
+    ProbeDetails,
+    _finish_probe,
+    _probe_args,
+    _start_probe,
+    report_bytes,
+    with_int8,
+)
 
 #: what the probe is asked for (``args["report"]``) and the keys its report then holds
 REPORT = "vram"
@@ -38,38 +45,33 @@ def check_vram_device(device: str) -> None:
 
 
 def measure_vram(
-    spec: dict[str, Any] | str, int8_probe: dict[str, Any]
-) -> tuple[int, int, dict[str, Any]]:
+    spec: ProbeArgs | str, int8_probe: ProbeArgs | str | None
+) -> tuple[int, int, ProbeDetails]:
     """(reference, INT8, details): serve-phase peaks of GPU memory allocated by torch.
 
     ``spec`` holds the model and its ``device`` (a CUDA device: see
-    :func:`check_vram_device`); ``int8_probe`` is the INT8 probe's own arguments
-    (``{"scheme": ...}`` or a saved model, see :mod:`..int8.on_disk`).
+    :func:`check_vram_device`); ``int8_probe`` is the INT8 side's probe arguments (its
+    :class:`~pytest_llmquant.sides.base.ProbeSpec`), or a scheme name.
     """
     base = _probe_args(spec)
     check_vram_device(str(base.get("device", "cpu")))
-    runs = {
+    runs: dict[str, ProbeArgs] = {
         "fp32": {**base, "mode": "fp32", "report": REPORT},
-        "int8": {
-            **base,
-            **{k: v for k, v in int8_probe.items() if v is not None},
-            "mode": "int8",
-            "report": REPORT,
-        },
+        "int8": {**with_int8(base, int8_probe), "report": REPORT},
     }
     # one at a time: side by side, two models would have to fit on the card together
     reports = {mode: _finish_probe(_start_probe(a), a, PROBE_TIMEOUT_S) for mode, a in runs.items()}
-    fp32 = int(reports["fp32"]["vram_serve_peak_bytes"])
-    int8 = int(reports["int8"]["vram_serve_peak_bytes"])
-    return fp32, int8, {"phase": "serve", "probes": reports}
+    reference = report_bytes(reports["fp32"], "vram_serve_peak_bytes")
+    int8 = report_bytes(reports["int8"], "vram_serve_peak_bytes")
+    return reference, int8, {"phase": "serve", "probes": reports}
 
 
-def vram_note(details: dict[str, Any], made: str) -> str:
+def vram_note(details: ProbeDetails, made: str) -> str:
     """One line for the report: what was compared, and the whole-life peaks."""
     probes = details["probes"]
     return (
         "peak GPU memory allocated by torch from the loaded model through generating 8 "
         "tokens, in a fresh process each (CUDA context not counted); whole-life peaks "
-        f"incl. loading: reference {probes['fp32']['vram_peak_bytes'] / 1e6:.0f} MB, INT8 "
-        f"{probes['int8']['vram_peak_bytes'] / 1e6:.0f} MB ({made})"
+        f"incl. loading: reference {report_bytes(probes['fp32'], 'vram_peak_bytes') / 1e6:.0f} "
+        f"MB, INT8 {report_bytes(probes['int8'], 'vram_peak_bytes') / 1e6:.0f} MB ({made})"
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LlmqUsageError
+from ..versions import library_versions
 from .cache import ModelCache
 from .sources import ModelSource, resolve
 
@@ -24,13 +25,6 @@ if TYPE_CHECKING:
     from ..progress import Progress
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def library_versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def _check_local_dir(path: Path, spec: str, trust_remote_code: bool) -> None:
@@ -85,16 +79,9 @@ def _explain(exc: BaseException, source: ModelSource) -> LlmqUsageError:
             "download the file again"
         )
     if source.kind == "hub":
-        if "couldn't connect" in text or "offline" in text.lower() or "connect" in text.lower():
-            reason = "the hub could not be reached"
-        elif (
-            "not a valid model identifier" in text
-            or "404" in text
-            or "Repository Not Found" in text
-        ):
-            reason = "no such model on the hub"
-        else:
-            reason = f"the hub could not be reached or the id is wrong ({text[:120]})"
+        reason = _hub_failure(exc) or (
+            f"the hub could not be reached or the id is wrong ({text[:120]})"
+        )
         return LlmqUsageError(
             f"could not load {spec!r} from the Hugging Face hub: {reason}; check the id, set "
             "HF_HUB_OFFLINE=1 to use a copy already in your HF cache, or pass a local path"
@@ -102,6 +89,27 @@ def _explain(exc: BaseException, source: ModelSource) -> LlmqUsageError:
     return LlmqUsageError(
         f"could not load --llmq-model={spec}: {text[:200]}; check the model files"
     )
+
+
+def _hub_failure(exc: BaseException) -> str | None:
+    """What went wrong on the hub, told by the huggingface_hub error types in the chain
+    (transformers re-raises them as an OSError of its own wording, ``from`` the original)."""
+    try:
+        import huggingface_hub.errors as hub
+    except ImportError:  # a huggingface_hub older than its errors module
+        return None
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, hub.GatedRepoError):
+            return None  # it exists, and access is what is missing: the text says how
+        if isinstance(cause, (hub.RepositoryNotFoundError, hub.RevisionNotFoundError)):
+            return "no such model on the hub"
+        if isinstance(cause, (hub.LocalEntryNotFoundError, hub.OfflineModeIsEnabled)):
+            return "the hub could not be reached"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _check_causal(location: str, source: ModelSource, kwargs: dict[str, Any]) -> None:

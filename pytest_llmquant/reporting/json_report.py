@@ -1,146 +1,125 @@
-"""The JSON report (``--llmq-report=FILE``) and the strict-JSON rules all outputs share.
+"""The JSON report (``--llmq-report=FILE``).
 
 Every pair, its coverage and every gate result with its measurement, thresholds,
 verdict, message and table rows, plus the versions and settings the numbers were taken
-with, so a CI artifact can be read without the log. Strict JSON: NaN and infinities
-become ``null`` (JSON has no NaN; ``json.loads`` in other languages rejects it).
-Written atomically (:mod:`.files`).
+with, so a CI artifact can be read without the log. Strict JSON, written atomically
+(:mod:`pytest_llmquant.jsonfiles`, which also holds the rules the baseline file shares).
+Its keys are those every earlier version wrote (the merge tool reads older reports).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import platform
-import sys
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
-from .files import atomic_write
-from .session_view import option, results_by_pair
+from ..jsonfiles import REPORT_KIND, SCHEMA_VERSION, atomic_write, json_text, strict_copy, versions
+from ..jsonfiles import strict_json as strict_json  # plugin.py imports it from here
 
-#: shared by the report and the baseline file: a reader checks it before trusting a file
-SCHEMA_VERSION = 1
-REPORT_KIND = "pytest-llmquant report"
-
-
-def strict_json(value: Any) -> Any:
-    """A copy of ``value`` that ``json.dumps(..., allow_nan=False)`` accepts.
-
-    Non-finite floats become None; tuples and sets become lists; numpy scalars become
-    Python numbers; anything else unknown becomes its ``str`` rather than a crash at
-    the end of a long run.
-    """
-    if value is None or isinstance(value, (bool, str, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [strict_json(v) for v in value]
-    item = getattr(value, "item", None)  # numpy / torch scalars
-    if callable(item):
-        try:
-            return strict_json(item())
-        except (TypeError, ValueError):
-            pass
-    return str(value)
+if TYPE_CHECKING:
+    from ..run.record import RunRecord
+    from ..verdicts import GateResult
 
 
-def json_text(data: Any) -> str:
-    """``data`` as indented strict JSON text, ending in a newline."""
-    return json.dumps(strict_json(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+class ModelEntry(TypedDict):
+    label: str  # the short name results carry
+    spec: str  # the --llmq-model value
 
 
-def finite_number(value: Any) -> float | None:
-    """A finite float, or None for a missing, null or non-finite value."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+class ReportSettings(TypedDict, total=False):
+    """What the numbers were taken with; the last four only when the run had settings."""
+
+    threads: int | None
+    device: str
+    schemes: list[str]
+    models: list[ModelEntry]
+    reference_dtype: str
+    eval_tokens: int
+    new_tokens: int
+    time_budget: float
 
 
-def versions() -> dict[str, str]:
-    """Versions that change the numbers. torch and transformers are read only when already
-    imported: a report must not pay a multi-second torch import (or fail without it)."""
-    out = {"python": platform.python_version()}
-    try:
-        import pytest
+class ReportPair(TypedDict, total=False):
+    """One pair: its summary (model, reference dtype, INT8 origin), coverage and gates."""
 
-        out["pytest"] = pytest.__version__
-    except ImportError:  # pragma: no cover - we are a pytest plugin
-        pass
-    for name in ("torch", "transformers"):
-        module = sys.modules.get(name)
-        found = getattr(module, "__version__", None) if module is not None else None
-        if found:
-            out[name] = str(found)
-    try:
-        from importlib.metadata import version as dist_version
+    model: str
+    reference_dtype: str
+    int8: dict[str, object]  # Int8Origin.as_dict
+    coverage: dict[str, object] | None  # Coverage.as_dict; None for a pair without one
+    passed: bool
+    gates: list[dict[str, object]]  # GateResult.as_dict, plus "verdict": pass or fail
 
-        out["pytest-llmquant"] = dist_version("pytest-llmquant")
-    except Exception:  # not installed as a distribution (a source checkout)
-        from .. import __version__
 
-        out["pytest-llmquant"] = __version__
+class Counts(TypedDict):
+    gates: int
+    failed: int
+
+
+class ReportDict(TypedDict):
+    schema_version: int
+    kind: str  # REPORT_KIND
+    created: str  # ISO 8601, UTC
+    versions: dict[str, str]
+    settings: ReportSettings
+    load_times_s: dict[str, float]  # --llmq-model value -> seconds
+    passed: bool
+    counts: Counts
+    pairs: dict[str, ReportPair]
+
+
+def _settings(record: RunRecord) -> ReportSettings:
+    out = ReportSettings(
+        threads=record.threads,
+        device=record.device,
+        schemes=list(record.schemes),
+        models=[ModelEntry(label=s.label, spec=s.spec) for s in record.sources],
+    )
+    if record.settings is not None:
+        out["reference_dtype"] = record.settings.reference_dtype
+        out["eval_tokens"] = record.settings.eval_tokens
+        out["new_tokens"] = record.settings.new_tokens
+        out["time_budget"] = record.settings.time_budget
     return out
 
 
-def _models(session: Any) -> list[dict[str, str]]:
-    sources = getattr(session, "sources", None) or []
-    labels = getattr(session, "labels", None) or []
-    return [
-        {"label": label, "spec": str(getattr(src, "spec", src))}
-        for src, label in zip(sources, labels, strict=False)
-    ]
+def _pair(record: RunRecord, name: str, results: list[GateResult]) -> ReportPair:
+    summary = record.pairs.get(name) or {}
+    out = ReportPair()
+    if "model" in summary:
+        out["model"] = summary["model"]
+    if "reference_dtype" in summary:
+        out["reference_dtype"] = summary["reference_dtype"]
+    if "int8" in summary:
+        out["int8"] = dict(summary["int8"])
+    cov = record.coverages.get(name)
+    out["coverage"] = cov.as_dict() if cov is not None else None
+    out["passed"] = all(r.passed for r in results)
+    out["gates"] = [{**r.as_dict(), "verdict": "pass" if r.passed else "fail"} for r in results]
+    return out
 
 
-# -- JSON report -------------------------------------------------------------------------------
-
-
-def report_dict(session: Any) -> dict[str, Any]:
+def report_dict(record: RunRecord) -> ReportDict:
     """Everything measured and decided in this run, as strict-JSON-ready data."""
-    settings: dict[str, Any] = {
-        "threads": getattr(session, "threads", None),
-        "device": getattr(session, "device", None),
-        "schemes": list(getattr(session, "schemes", None) or []),
-        "models": _models(session),
-    }
-    for name in ("reference_dtype", "eval_tokens", "new_tokens", "time_budget"):
-        value = option(session, name)
-        if value is not None:
-            settings[name] = value
-    coverages = getattr(session, "coverages", None) or {}
-    known = getattr(session, "pairs", None) or {}
-    pairs: dict[str, Any] = {}
-    for name, results in results_by_pair(session).items():
-        cov = coverages.get(name)
-        pairs[name] = {
-            **{k: v for k, v in known.get(name, {}).items() if k != "coverage"},
-            "coverage": cov.as_dict() if cov is not None else None,
-            "passed": all(r.passed for r in results),
-            "gates": [{**r.as_dict(), "verdict": "pass" if r.passed else "fail"} for r in results],
-        }
-    results = list(getattr(session, "results", None) or [])
-    load_times = getattr(session, "load_times", None) or {}
-    data = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": REPORT_KIND,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions(),
-        "settings": settings,
-        "load_times_s": dict(load_times),
-        "passed": all(r.passed for r in results),
-        "counts": {"gates": len(results), "failed": sum(not r.passed for r in results)},
-        "pairs": pairs,
-    }
-    return strict_json(data)
+    results = record.results
+    return strict_copy(
+        ReportDict(
+            schema_version=SCHEMA_VERSION,
+            kind=REPORT_KIND,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            versions=versions(),
+            settings=_settings(record),
+            load_times_s={spec: load.seconds for spec, load in record.loads.items()},
+            passed=all(r.passed for r in results),
+            counts=Counts(gates=len(results), failed=sum(not r.passed for r in results)),
+            pairs={
+                name: _pair(record, name, pair_results)
+                for name, pair_results in record.results_by_pair().items()
+            },
+        )
+    )
 
 
-def write_json_report(session: Any, path: str | os.PathLike[str]) -> Path:
+def write_json_report(record: RunRecord, path: str | os.PathLike[str]) -> Path:
     """Write :func:`report_dict` to ``path`` atomically; returns the path written."""
-    return atomic_write(path, json_text(report_dict(session)))
+    return atomic_write(path, json_text(report_dict(record)))

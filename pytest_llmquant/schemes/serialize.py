@@ -15,19 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LlmqUsageError
 from ..layers import convert_conv1d, set_submodule
+from ..versions import library_versions
 from .base import FORMAT, RECIPE_FILE, WEIGHTS_FILE
 
 if TYPE_CHECKING:
     from torch import nn
 
     from .base import QuantScheme
-
-
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def save_int8(scheme: QuantScheme, model: Any, directory: Path) -> None:
@@ -64,7 +58,7 @@ def save_int8(scheme: QuantScheme, model: Any, directory: Path) -> None:
         "config": scheme.config,
         "layers": layers,
         "tied": tied,
-        "versions": _versions(),
+        "versions": library_versions(),
     }
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(directory)

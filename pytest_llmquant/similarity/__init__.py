@@ -1,17 +1,17 @@
-"""How close the INT8 model's predictions are to the FP32 model's: llama.cpp's KLD statistics.
+"""How close the INT8 model's predictions are to the reference's: llama.cpp's KLD statistics.
 
 The numbers and their uncertainties are the ones ``llama-perplexity
 --kl-divergence`` prints (``tools/perplexity/perplexity.cpp`` in llama.cpp), so a
 result here can be read against the many published llama.cpp tables:
 
 * **KLD** per scored token, ``sum_v p_v (log p_v - log q_v)`` over the whole
-  vocabulary, ``p`` the FP32 softmax and ``q`` the INT8 one. It sees every change of
-  the distribution, not only changes of the chosen token, which is why it is the
+  vocabulary, ``p`` the reference's softmax (FP32, or BF16 on a GPU) and ``q`` the
+  INT8 one. It sees every change of the distribution, not only changes of the chosen token, which is why it is the
   gate's main number. Every vocabulary entry is summed (llama.cpp skips entries with
   ``log p < -16``), so results on near-identical models can differ from llama.cpp's
   in the last printed digits.
 * **same top**: fraction of tokens where both models' argmax agree.
-* **PPL** of each model on the text, and their ratio ``PPL(INT8) / PPL(FP32)``.
+* **PPL** of each model on the text, and their ratio ``PPL(INT8) / PPL(reference)``.
 * **RMS Δp**: root mean square of ``q(target) - p(target)``.
 
 Uncertainties are standard errors of the mean over tokens, exactly as llama.cpp
@@ -29,37 +29,54 @@ in float64 would be 800 MB.
 
 Scored tokens: windows of 512 tokens whose first 64 are context only (llama.cpp scores
 only the second half of each window; see :mod:`.windows` for why 64 and what it changes).
-The FP32 side can be cached, as llama.cpp's ``--kl-divergence-base`` does: its
+The reference side can be cached, as llama.cpp's ``--kl-divergence-base`` does: its
 log-probs in 16 bits (only KLD reads them; on SmolLM2 that moves it by 4e-5 of its value),
 the target log-prob and argmax exactly (:mod:`.reference`).
 
 - :mod:`.metrics`: the per-token numbers and their summary (:class:`SimilarityResult`);
 - :mod:`.windows`: which tokens each forward pass reads and scores (:func:`plan_windows`);
-- :mod:`.measure`: running both models over the text in windows (:func:`measure_similarity`);
-- :mod:`.reference`: the stored FP32 reference (:class:`ReferenceStore`);
-- :mod:`.forward`, :mod:`.greedy`: one forward pass; greedy continuations and their match.
+- :mod:`.measure`: running both model sides over the text in windows
+  (:func:`measure_similarity`);
+- :mod:`.pair`: the two sides (an ``nn.Module`` becomes a ``TorchSide``) and their
+  measuring state;
+- :mod:`.forward`: the text's token ids and each window's; :mod:`.greedy`: greedy
+  continuations of the prompts and their match;
+- :mod:`.reference`: the stored reference (:class:`ReferenceStore`), in the form
+  :mod:`.stored` writes and reads (:mod:`.codes_file`: its rows, a slice at a time).
 """
 
 from __future__ import annotations
 
-from .forward import context_length
-from .greedy import greedy_match
+from ..models.causal_lm import context_length
+from .greedy import GREEDY_TOKENS, greedy_match
 from .measure import measure_similarity
 from .metrics import (
     MIN_TOKENS,
+    MeasuredOn,
     SimilarityResult,
     TokenStats,
     reference_token_stats,
     summarize,
     token_stats,
 )
-from .reference import ReferenceStore, StoredReference
-from .windows import DEFAULT_PREFIX, DEFAULT_WINDOW, Window, default_prefix, plan_windows
+from .reference import ReferenceStore
+from .stored import StoredReference
+from .windows import (
+    DEFAULT_PREFIX,
+    DEFAULT_WINDOW,
+    Window,
+    default_prefix,
+    plan_windows,
+    shared_context,
+    window_for,
+)
 
 __all__ = [
     "DEFAULT_PREFIX",
     "DEFAULT_WINDOW",
+    "GREEDY_TOKENS",
     "MIN_TOKENS",
+    "MeasuredOn",
     "ReferenceStore",
     "SimilarityResult",
     "StoredReference",
@@ -71,6 +88,8 @@ __all__ = [
     "measure_similarity",
     "plan_windows",
     "reference_token_stats",
+    "shared_context",
     "summarize",
     "token_stats",
+    "window_for",
 ]

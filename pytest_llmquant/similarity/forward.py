@@ -1,68 +1,23 @@
-"""Running one model over token ids: the pieces the measurement and the stored reference share."""
+"""The evaluation text as token ids, and the ids of each window: the pieces the measurement
+and the stored reference share, so that both sides read exactly the same inputs."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .windows import Window, plan_windows
 
 if TYPE_CHECKING:
     import torch
 
+    from ..types import Tokenizer
 
-def context_length(model: Any) -> int | None:
-    """The longest sequence the model's position encoding supports, if the config says."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+__all__ = ["EvalIds", "bos_to_insert", "tokenize"]
 
 
-def model_device(model: Any) -> torch.device:
-    import torch
-
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
-
-
-def model_dtype(model: Any) -> str:
-    """The dtype the reference is computed in ("float32" today), a key of the stored reference."""
-    for tensor in model.parameters():
-        return str(tensor.dtype).removeprefix("torch.")
-    return "unknown"
-
-
-def _forward_kwargs(model: Any, n_keep: int) -> dict[str, Any]:
-    """``use_cache=False`` and, where supported, ``logits_to_keep`` so the lm_head runs
-    only on the scored positions (it is the biggest matmul of a small model)."""
-    import inspect
-
-    kwargs: dict[str, Any] = {"use_cache": False}
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
-        return kwargs
-    if "logits_to_keep" in params:
-        kwargs["logits_to_keep"] = n_keep
-    return kwargs
-
-
-def scored_logits(model: Any, input_ids: torch.Tensor, n_scored: int) -> torch.Tensor:
-    """The (n_scored, V) logits of the last ``n_scored`` positions of one sequence."""
-    out = model(input_ids=input_ids.to(model_device(model)), **_forward_kwargs(model, n_scored))
-    logits = out.logits if hasattr(out, "logits") else out[0]
-    return logits[0, -n_scored:]
-
-
-def bos_to_insert(tokenizer: Any) -> int | None:
+def bos_to_insert(tokenizer: Tokenizer) -> int | None:
     """The BOS id if this tokenizer puts one in front of every text, else None.
 
     Such models are trained to always see BOS at position 0; like llama.cpp we
@@ -78,10 +33,54 @@ def bos_to_insert(tokenizer: Any) -> int | None:
     return bos if ids and ids[0] == bos else None
 
 
-def tokenize(tokenizer: Any, text: str) -> list[int]:
+def tokenize(tokenizer: Tokenizer, text: str) -> list[int]:
+    """The text's token ids, no special tokens added."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sequence longer than model_max_length": we window it
         encoded = tokenizer(text, add_special_tokens=False, verbose=False)
     return list(encoded["input_ids"])
+
+
+@dataclass(frozen=True)
+class EvalIds:
+    """The evaluation text tokenized once with the reference's tokenizer, and its windows."""
+
+    ids: list[int]
+    all_ids: torch.Tensor  # the same ids, (len(ids),) int64
+    plan: list[Window]
+    bos: int | None  # written over the first token of every window (:func:`bos_to_insert`)
+    text_sha256: str
+
+    @classmethod
+    def read(
+        cls, tokenizer: Tokenizer, text: str, n_tokens: int, window: int, prefix: int | None
+    ) -> EvalIds:
+        """Tokenize ``text`` and plan the windows that score ``n_tokens`` of it."""
+        import torch
+
+        ids = tokenize(tokenizer, text)
+        return cls(
+            ids=ids,
+            all_ids=torch.tensor(ids, dtype=torch.long),
+            plan=plan_windows(len(ids), n_tokens, window, prefix),
+            bos=bos_to_insert(tokenizer),
+            text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        )
+
+    def window_input(self, w: Window) -> torch.Tensor:
+        """The ``(1, T)`` ids one forward pass reads (BOS written over the first)."""
+        return window_input(self.all_ids, w, self.bos)
+
+    def targets(self, w: Window) -> torch.Tensor:
+        """The ids the scored positions of ``w`` predict."""
+        return self.all_ids[w.targets]
+
+
+def window_input(all_ids: torch.Tensor, w: Window, bos: int | None) -> torch.Tensor:
+    """Window ``w`` of ``all_ids`` as a ``(1, T)`` batch, BOS (if any) at position 0."""
+    input_ids = all_ids[w.start : w.stop].clone().unsqueeze(0)
+    if bos is not None:
+        input_ids[0, 0] = bos
+    return input_ids

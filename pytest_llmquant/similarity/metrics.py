@@ -10,12 +10,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from ..errors import LlmqUsageError
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
+
+    from ..types import JSONValue
+
+    #: logits or ids as a tensor or an array (:func:`torch.as_tensor` reads both)
+    Numbers = torch.Tensor | np.ndarray
 
 #: llama.cpp refuses to print KLD statistics for fewer scored tokens than this.
 MIN_TOKENS = 100
@@ -30,7 +36,7 @@ class TokenStats:
 
     kld: np.ndarray
     same_top: np.ndarray
-    logp_fp32: np.ndarray
+    logp_reference: np.ndarray
     logp_int8: np.ndarray
     dp: np.ndarray
 
@@ -45,12 +51,12 @@ class TokenStats:
         return cls(
             *(
                 np.concatenate([getattr(p, name) for p in parts])
-                for name in ("kld", "same_top", "logp_fp32", "logp_int8", "dp")
+                for name in ("kld", "same_top", "logp_reference", "logp_int8", "dp")
             )
         )
 
 
-def _check_shapes(n: int, vocab: int, int8_logits: Any, targets: Any) -> None:
+def _check_shapes(n: int, vocab: int, int8_logits: torch.Tensor, targets: torch.Tensor) -> None:
     if int8_logits.ndim != 2 or tuple(int8_logits.shape) != (n, vocab):
         raise ValueError(
             f"logits must both be (N, V), got {(n, vocab)} and {tuple(int8_logits.shape)}"
@@ -59,50 +65,50 @@ def _check_shapes(n: int, vocab: int, int8_logits: Any, targets: Any) -> None:
         raise ValueError(f"targets must be ({n},), got {tuple(targets.shape)}")
 
 
-def token_stats(fp32_logits: Any, int8_logits: Any, targets: Any) -> TokenStats:
+def token_stats(reference_logits: Numbers, int8_logits: Numbers, targets: Numbers) -> TokenStats:
     """KLD, top-1 agreement, target log-probs and Δp for each of N positions.
 
-    ``fp32_logits`` and ``int8_logits`` are (N, V) float tensors for the same
+    ``reference_logits`` and ``int8_logits`` are (N, V) float tensors for the same
     positions, ``targets`` the (N,) token ids that actually follow. Rows are
     processed in chunks so that a large vocabulary never needs more than a few
     (chunk x V) float64 temporaries.
     """
     import torch
 
-    fp32_logits = torch.as_tensor(fp32_logits)
-    int8_logits = torch.as_tensor(int8_logits).to(fp32_logits.device)
-    targets = torch.as_tensor(targets, dtype=torch.long).to(fp32_logits.device)
-    if fp32_logits.ndim != 2:
-        raise ValueError(f"logits must both be (N, V), got {tuple(fp32_logits.shape)}")
-    n, vocab = fp32_logits.shape
-    _check_shapes(n, vocab, int8_logits, targets)
+    ref_logits = torch.as_tensor(reference_logits)
+    int8 = torch.as_tensor(int8_logits).to(ref_logits.device)
+    ids = torch.as_tensor(targets, dtype=torch.long).to(ref_logits.device)
+    if ref_logits.ndim != 2:
+        raise ValueError(f"logits must both be (N, V), got {tuple(ref_logits.shape)}")
+    n, vocab = ref_logits.shape
+    _check_shapes(n, vocab, int8, ids)
 
-    def reference(lo: int, hi: int) -> tuple[Any, Any, Any, bool]:
-        logits = fp32_logits[lo:hi]
+    def reference(lo: int, hi: int) -> _ReferenceChunk:
+        logits = ref_logits[lo:hi]
         logp = torch.log_softmax(logits.double(), dim=-1)
-        lp_t = logp.gather(1, targets[lo:hi].unsqueeze(1)).squeeze(1)
+        lp_t = logp.gather(1, ids[lo:hi].unsqueeze(1)).squeeze(1)
         masked = bool(logits.numel()) and bool(logits.amin() == float("-inf"))
         return logp, lp_t, first_argmax(logits), masked
 
-    return _compare(reference, int8_logits, targets)
+    return _compare(reference, int8, ids)
 
 
 class ReferenceRows(Protocol):
-    """The FP32 side of N scored positions, as a stored reference gives it back.
+    """The reference side of N scored positions, as a stored reference gives it back.
 
     ``log_probs`` may be approximate (16-bit storage: it only feeds KLD, whose error
     is second order in it); ``target_logp`` (PPL, Δp) and ``top`` (same top) are exact.
     """
 
-    target_logp: Any  # (N,) float64
-    top: Any  # (N,) int64: argmax of the FP32 log-probs
+    target_logp: np.ndarray  # (N,) float64
+    top: np.ndarray  # (N,) int64: argmax of the reference log-probs
 
     def __len__(self) -> int: ...
 
     @property
     def vocab(self) -> int: ...
 
-    def log_probs(self, lo: int, hi: int) -> Any:
+    def log_probs(self, lo: int, hi: int) -> torch.Tensor:
         """Rows ``lo:hi`` as a normalised (hi - lo, V) float64 tensor of log-probs."""
         ...
 
@@ -111,16 +117,18 @@ class ReferenceRows(Protocol):
         ...
 
 
-def reference_token_stats(reference: ReferenceRows, int8_logits: Any, targets: Any) -> TokenStats:
-    """:func:`token_stats` with the FP32 side read from a stored reference."""
+def reference_token_stats(
+    reference: ReferenceRows, int8_logits: Numbers, targets: Numbers
+) -> TokenStats:
+    """:func:`token_stats` with the reference side read from a stored reference."""
     import torch
 
-    int8_logits = torch.as_tensor(int8_logits)
-    targets = torch.as_tensor(targets, dtype=torch.long).to(int8_logits.device)
-    _check_shapes(len(reference), reference.vocab, int8_logits, targets)
-    device = int8_logits.device
+    int8 = torch.as_tensor(int8_logits)
+    ids = torch.as_tensor(targets, dtype=torch.long).to(int8.device)
+    _check_shapes(len(reference), reference.vocab, int8, ids)
+    device = int8.device
 
-    def rows(lo: int, hi: int) -> tuple[Any, Any, Any, bool]:
+    def rows(lo: int, hi: int) -> _ReferenceChunk:
         return (
             reference.log_probs(lo, hi).to(device),
             torch.as_tensor(reference.target_logp[lo:hi], dtype=torch.float64).to(device),
@@ -128,20 +136,27 @@ def reference_token_stats(reference: ReferenceRows, int8_logits: Any, targets: A
             reference.has_masked(lo, hi),
         )
 
-    return _compare(rows, int8_logits, targets)
+    return _compare(rows, int8, ids)
 
 
-def first_argmax(logits: Any) -> Any:
+def first_argmax(logits: torch.Tensor) -> torch.Tensor:
     """The first index of each row's maximum, as ``argmax``; ``max(dim)`` is several times
     faster on CPU and documented to return the first maximal index too."""
     return logits.max(dim=-1).indices
 
 
+#: the reference side of rows ``lo:hi``: float64 log-probs, target log-probs, argmax, and
+#: whether any log-prob is ``-inf``
+_ReferenceChunk = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor", bool]
+
+
 def _compare(
-    reference: Callable[[int, int], tuple[Any, Any, Any, bool]], int8_logits: Any, targets: Any
+    reference: Callable[[int, int], _ReferenceChunk],
+    int8_logits: torch.Tensor,
+    targets: torch.Tensor,
 ) -> TokenStats:
     """The per-token numbers, a chunk of rows at a time; ``reference(lo, hi)`` gives the
-    FP32 log-probs, target log-probs and argmax of rows ``lo:hi``, and whether any of
+    reference log-probs, target log-probs and argmax of rows ``lo:hi``, and whether any of
     those log-probs is ``-inf``.
 
     Chunks are small (~1 MB per float64 tensor) so that the dozen elementwise passes
@@ -178,26 +193,42 @@ def _compare(
             dp[lo:hi] = lq_t.exp() - lp_t.exp()
             del logp, lp_t, top_p, logq, p, diff, lq_t
 
-    def numpy(t: Any, dtype: Any) -> np.ndarray:
+    def numpy(t: torch.Tensor, dtype: type[np.generic]) -> np.ndarray:
         return t.cpu().numpy().astype(dtype)
 
     return TokenStats(
         kld=numpy(kld, np.float64),
         same_top=numpy(same, np.bool_),
-        logp_fp32=numpy(lp, np.float64),
+        logp_reference=numpy(lp, np.float64),
         logp_int8=numpy(lq, np.float64),
         dp=numpy(dp, np.float64),
     )
 
 
+class MeasuredOn(TypedDict):
+    """What a similarity result was measured on besides the two models, so that a
+    baseline refuses to compare numbers from another text or setting; the session fills it
+    in (:attr:`SimilarityResult.measured_on`)."""
+
+    eval_text: str  # the --llmq-eval-text file, or "built-in corpus"
+    eval_text_sha256: str
+    window: int | None  # :attr:`SimilarityResult.window`
+    reference_dtype: str
+    device: str
+
+
 @dataclass
 class SimilarityResult:
-    """The similarity of an INT8 model to its FP32 original on one text.
+    """The similarity of an INT8 model to its reference (FP32, or BF16) on one text.
 
-    ``ppl_ratio`` is ``PPL(INT8) / PPL(FP32)`` (above 1: INT8 is worse).
-    ``greedy_match`` is information only (see :func:`greedy_match`), ``None`` when
-    no prompts were generated. ``kld_values`` keeps every token's KLD for a
-    histogram; it is left out of ``repr`` and, unless asked, of :meth:`as_dict`.
+    ``ppl_ratio`` is ``PPL(INT8) / PPL(reference)`` (above 1: INT8 is worse); the
+    reference's PPL is ``ppl_fp32``, its JSON name since before BF16 references
+    (:attr:`ppl_reference` reads it too). ``greedy_match`` is information only (see
+    :func:`greedy_match`), ``None`` when no prompts were generated. ``kld_values`` keeps
+    every token's KLD for a histogram; it is left out of ``repr`` and, unless asked, of
+    :meth:`as_dict`. ``window`` is the window read (capped by the contexts, see
+    :func:`~.windows.window_for`) and ``measured_on`` what the session measured on;
+    :meth:`as_dict` leaves both out (the gate's measurement carries them flat).
     """
 
     n_tokens: int
@@ -215,10 +246,18 @@ class SimilarityResult:
     rms_dp_se: float | None = None
     greedy_match: float | None = None
     kld_values: list[float] = field(default_factory=list, repr=False)
+    window: int | None = None
+    measured_on: MeasuredOn | None = None
 
-    def as_dict(self, *, include_kld_values: bool = False) -> dict[str, Any]:
+    @property
+    def ppl_reference(self) -> float:
+        """The reference's perplexity (the field's JSON name is ``ppl_fp32``)."""
+        return self.ppl_fp32
+
+    def as_dict(self, *, include_kld_values: bool = False) -> dict[str, JSONValue]:
         """Plain JSON types only; a non-finite number (a broken INT8 model) becomes None."""
         data = asdict(self)
+        del data["window"], data["measured_on"]
         if not include_kld_values:
             del data["kld_values"]
         for key, value in data.items():
@@ -259,7 +298,7 @@ def summarize(stats: TokenStats, greedy_match: float | None = None) -> Similarit
     same_top = float(np.mean(stats.same_top))
     # the ratio of PPLs is exp of the paired mean log-prob difference: its SE comes from
     # the spread of the *differences*, which includes the covariance of the two models
-    diff = np.asarray(stats.logp_fp32, dtype=np.float64) - np.asarray(
+    diff = np.asarray(stats.logp_reference, dtype=np.float64) - np.asarray(
         stats.logp_int8, dtype=np.float64
     )
     mean_diff, diff_se = _mean_se(diff)
@@ -275,7 +314,7 @@ def summarize(stats: TokenStats, greedy_match: float | None = None) -> Similarit
         max_kld=float(kld.max()),
         same_top=same_top,
         same_top_se=math.sqrt(same_top * (1.0 - same_top) / (n - 1)),
-        ppl_fp32=math.exp(-float(np.mean(stats.logp_fp32))),
+        ppl_fp32=math.exp(-float(np.mean(stats.logp_reference))),
         ppl_int8=math.exp(-float(np.mean(stats.logp_int8))),
         ppl_ratio=ratio,
         ppl_ratio_se=ratio * diff_se,

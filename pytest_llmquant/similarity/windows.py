@@ -19,8 +19,12 @@ before/after figures).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import LlmqUsageError
+
+if TYPE_CHECKING:
+    from ..sides.base import ModelSide
 
 #: Window used when the caller gives none (capped by the model's context length).
 DEFAULT_WINDOW = 512
@@ -40,6 +44,22 @@ class Window:
     @property
     def targets(self) -> slice:
         return slice(self.stop - self.n_scored + 1, self.stop + 1)
+
+
+def shared_context(reference: ModelSide, int8: ModelSide) -> int | None:
+    """The shorter of the two sides' context lengths (None when neither says)."""
+    contexts = [c for c in (reference.context_length(), int8.context_length()) if c]
+    return min(contexts) if contexts else None
+
+
+def window_for(reference: ModelSide, int8: ModelSide, window: int | None = None) -> int:
+    """The window a measurement of this pair reads: ``window`` (default
+    :data:`DEFAULT_WINDOW`) capped by the shorter context, so that no forward pass of
+    either side is longer than it accepts. :attr:`~.metrics.SimilarityResult.window`
+    records it."""
+    limit = shared_context(reference, int8)
+    window = DEFAULT_WINDOW if window is None else window
+    return window if limit is None else min(window, limit)
 
 
 def default_prefix(window: int) -> int:

@@ -1,14 +1,14 @@
-"""Deciding "INT8 is at least ``threshold`` times faster than FP32" from noisy timings.
+"""Deciding "INT8 is at least ``threshold`` times faster than the reference" from noisy timings.
 
 The speedup gate must not fail a good model because a neighbour process stole a
 core for a moment, and must still catch a real slowdown. The decision is made from
-*paired* timings (FP32 and INT8 back to back on the same work, order alternated),
+*paired* timings (reference and INT8 back to back on the same work, order alternated),
 because both halves of a pair see roughly the same machine: the ratio within a pair
 cancels slow drifts (thermal throttling, another job starting) that would swamp a
 comparison of two separate averages.
 
 The statistic
-    Per pair ``i`` the log-ratio ``r_i = log(fp32[i] / int8[i])``; logs make 2x faster
+    Per pair ``i`` the log-ratio ``r_i = log(reference[i] / int8[i])``; logs make 2x faster
     and 2x slower symmetric. The speedup is ``exp(HL)``, where HL is the
     Hodges-Lehmann estimate: the median of the Walsh averages ``(r_i + r_j) / 2``,
     ``i <= j``. Like the median it shrugs off a pair that lost its core (its
@@ -203,15 +203,15 @@ def signed_rank_ci(values: Sequence[float], confidence: float = DEFAULT_CONFIDEN
     )
 
 
-def _validate(fp32: Sequence[float], int8: Sequence[float], threshold: float) -> None:
-    if len(fp32) != len(int8):
+def _validate(reference: Sequence[float], int8: Sequence[float], threshold: float) -> None:
+    if len(reference) != len(int8):
         raise ValueError(
-            f"fp32 and int8 timings must be paired: got {len(fp32)} FP32 and {len(int8)} "
-            "INT8 samples"
+            f"reference and int8 timings must be paired: got {len(reference)} reference and "
+            f"{len(int8)} INT8 samples"
         )
-    if len(fp32) == 0:
+    if len(reference) == 0:
         raise ValueError("no timing pairs to decide on")
-    for name, samples in (("fp32", fp32), ("int8", int8)):
+    for name, samples in (("reference", reference), ("int8", int8)):
         for i, v in enumerate(samples):
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name}[{i}] = {v!r}: timings must be positive finite seconds")
@@ -219,9 +219,9 @@ def _validate(fp32: Sequence[float], int8: Sequence[float], threshold: float) ->
         raise ValueError(f"threshold must be a positive finite speedup factor, got {threshold!r}")
 
 
-def log_ratios(fp32: Sequence[float], int8: Sequence[float]) -> list[float]:
-    """Per-pair ``log(fp32/int8)``: > 0 where INT8 was faster."""
-    return [math.log(a / b) for a, b in zip(fp32, int8, strict=True)]
+def log_ratios(reference: Sequence[float], int8: Sequence[float]) -> list[float]:
+    """Per-pair ``log(reference/int8)``: > 0 where INT8 was faster."""
+    return [math.log(a / b) for a, b in zip(reference, int8, strict=True)]
 
 
 def _fmt_ci(lo: float, hi: float) -> str:
@@ -231,7 +231,7 @@ def _fmt_ci(lo: float, hi: float) -> str:
 
 
 def decide(
-    fp32: Sequence[float],
+    reference: Sequence[float],
     int8: Sequence[float],
     threshold: float,
     *,
@@ -239,7 +239,7 @@ def decide(
     final: bool = False,
     min_pairs: int = 5,
 ) -> Decision:
-    """Is INT8 at least ``threshold`` times faster than FP32?
+    """Is INT8 at least ``threshold`` times faster than the reference?
 
     ``pass`` when the whole confidence interval of the speedup lies at or above
     ``threshold``, ``fail`` when it lies entirely below, ``undecided`` otherwise
@@ -247,10 +247,10 @@ def decide(
     (the sampling budget is spent) an undecided case is settled on the point
     estimate and marked ``close=True`` so that reports can say so.
     """
-    _validate(fp32, int8, threshold)
+    _validate(reference, int8, threshold)
     _check_confidence(confidence)
-    n = len(fp32)
-    logs = log_ratios(fp32, int8)
+    n = len(reference)
+    logs = log_ratios(reference, int8)
     speedup = math.exp(hodges_lehmann(logs))
     ci = signed_rank_ci(logs, confidence)
     ci_low, ci_high = math.exp(ci.low), math.exp(ci.high)  # exp(-inf) == 0.0

@@ -1,35 +1,30 @@
-"""Measuring decode speed of FP32 vs INT8 for the speedup gate.
+"""Measuring the decode speed of the reference against INT8 for the speedup gate.
 
 How a measurement is taken, and why:
 
-* The timed unit is one greedy decode step from a KV cache
-  (:mod:`pytest_llmquant.speed.decode_steps`): each model prefills the same prompt into its
-  own cache (untimed), then both take the same steps at the same cache lengths, and
-  after ``new_tokens`` steps the next prompt starts in a fresh cache. A step is the
-  work generation repeats per token, and there are dozens of them per second where a
-  whole generation takes seconds: the gate gets many pairs from a short budget.
-* ``warmup`` steps of each model come first and are thrown away: the first calls
-  allocate buffers, pick kernels and fault weights into memory. On CUDA
-  :data:`CUDA_EXTRA_WARMUP` more steps are taken, because cuBLAS and attention pick
-  their kernels lazily and the caching allocator grows during the first calls; each
-  timed step is bracketed by ``torch.cuda.synchronize`` (:mod:`.decode_steps`), so the
-  clock reads finished GPU work, not queued launches.
-* Steps are *paired* and interleaved, alternating the order (AB, BA, AB, ...), so
-  that whatever the machine does (a neighbour job, frequency scaling, the second
-  step of a pair profiting from a warm cache) hits both models alike; the decision
-  uses the ratio within each pair (:mod:`pytest_llmquant.speed.stats`).
-* Sampling is adaptive: from ``min_pairs`` pairs on the gate looks at the interval
-  each time the sample has grown by a quarter (:data:`LOOK_GROWTH`) and stops as soon
-  as it is clear of the threshold, so a clear case costs a second or two, and only a
-  borderline case spends the whole ``time_budget`` (then it decides on the point
-  estimate and says it was close). Fewer looks than pairs keep the error rate of
-  looking again and again (sequential testing) down at no cost in speed.
-* ``torch.set_num_threads`` is fixed for the measurement and restored afterwards,
-  because the thread count changes both speeds and the ratio between them, and
-  everything runs under ``torch.inference_mode``.
+* The timed unit is one greedy decode step from a KV cache, from each side's
+  :meth:`~pytest_llmquant.sides.base.ModelSide.decode_timer`: both sides prefill the same
+  prompt (token ids encoded once, cut to the shorter context) into their own cache,
+  untimed, then take the same steps at the same cache lengths; after ``new_tokens`` steps
+  the next prompt starts in a fresh cache. A step is the work generation repeats per
+  token, and there are dozens of them per second where a whole generation takes seconds:
+  the gate gets many pairs from a short budget.
+* ``warmup`` steps of each side come first and are thrown away. On CUDA
+  :data:`CUDA_EXTRA_WARMUP` more are taken: cuBLAS and attention pick their kernels lazily
+  and the caching allocator grows during the first calls; a CUDA step is bracketed by
+  ``torch.cuda.synchronize`` (:mod:`pytest_llmquant.sides.torch_decode`).
+* Steps are paired and interleaved, alternating the order, and the sampling is adaptive
+  and watches the CPU's contention: :mod:`.sampler` (the pure part, with the reasons),
+  :mod:`.stats` (the interval), :mod:`.contention` (the counters).
+* The compute threads are fixed for the measurement and restored afterwards (each side's
+  :meth:`~pytest_llmquant.sides.base.ModelSide.measuring`, which also turns autograd off),
+  because the thread count changes both speeds and the ratio between them. Threads asked
+  for are used as asked; by default the gate takes the cores that are free when it starts
+  (:func:`.contention.timing_threads`), so that on a shared runner its own threads do not
+  queue behind a neighbour's.
 
-``runner`` and ``clock`` can be injected so that the sampling logic is tested
-with synthetic timings instead of a real model and a real clock.
+``runner``, ``clock`` and ``cpu`` can be injected so that the logic is tested with
+synthetic timings and contention instead of a real model, a real clock and a real load.
 """
 
 from __future__ import annotations
@@ -39,16 +34,18 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .stats import (
-    DEFAULT_CONFIDENCE,
-    LOOK_GROWTH,
-    Decision,
-    Verdict,
-    decide,
-    pairs_for_an_interval,
-)
+from ..settings import Settings
+from .contention import Contention, CpuMeter, between, default_meter, timing_threads
+from .sampler import PROGRESS_EVERY_S, PairTimer, Sampled, Schedule, Verdict, sample
+from .stats import DEFAULT_CONFIDENCE
+
+if TYPE_CHECKING:
+    from ..sides.base import DecodeTimer, ModelSide
+    from ..types import CausalLM, JSONValue, Tokenizer
+
+__all__ = ["PROGRESS_EVERY_S", "SpeedupResult", "format_speedup", "measure_speedup"]
 
 #: used when :mod:`pytest_llmquant.evaltext` does not provide ``EVAL_PROMPTS``
 FALLBACK_PROMPTS: tuple[str, ...] = (
@@ -58,15 +55,21 @@ FALLBACK_PROMPTS: tuple[str, ...] = (
     "Once upon a time, in a small village,",
 )
 
-#: the progress callback hears from the gate at most this often (seconds)
-PROGRESS_EVERY_S = 1.0
-
-#: untimed decode steps per model added to ``warmup`` when either model is on CUDA
+#: untimed decode steps per side added to ``warmup`` when either side is on CUDA
 CUDA_EXTRA_WARMUP = 8
+WARMUP = 4  # untimed decode steps per side before the first pair
+MAX_PAIRS = 1000
 
-#: ``runner(model, prompt_index, step) -> seconds`` of one decode step; step 0 of a
-#: prompt comes after a fresh (untimed) prefill of that prompt
-Runner = Callable[[Any, int, int], float]
+#: ``runner(model, prompt_index, step) -> seconds`` of one decode step, called with the
+#: object the caller passed for that side (tests); step 0 follows an untimed prefill
+Runner = Callable[[object, int, int], float]
+
+#: fields renamed inside the package whose JSON keys (reports, baselines) keep their names
+JSON_KEYS = {
+    "reference_ms_per_token": "fp32_ms_per_token",
+    "reference_tokens_per_s": "fp32_tokens_per_s",
+    "reference_samples": "fp32_samples",
+}
 
 
 def default_prompts() -> tuple[str, ...]:
@@ -83,266 +86,279 @@ def default_prompts() -> tuple[str, ...]:
 class SpeedupResult:
     """Everything the speedup gate measured and decided, for messages and reports."""
 
-    verdict: Verdict
-    speedup: float  # Hodges-Lehmann estimate of the per-step FP32/INT8 time ratio
+    verdict: Verdict  # "pass", "fail" or "inconclusive" (the CPU too busy to judge)
+    speedup: float  # Hodges-Lehmann estimate of the per-step reference/INT8 time ratio
     ci_low: float
     ci_high: float
     confidence: float
-    close: bool
+    close: bool  # decided on the point estimate: the interval still held the threshold
     rule: str
     threshold: float
     n_pairs: int
-    fp32_ms_per_token: float  # median decode step (prefill excluded)
+    reference_ms_per_token: float  # median decode step (prefill excluded)
     int8_ms_per_token: float
-    fp32_tokens_per_s: float
+    reference_tokens_per_s: float
     int8_tokens_per_s: float
     threads: int
     new_tokens: int  # decode steps per prompt before the next prompt is prefilled
     prompts: int  # number of distinct prompts cycled through
     wall_s: float  # whole measurement, warm-up included
+    sampling_s: float = 0.0  # seconds of timed pairs
     time_budget: float = math.inf  # seconds allowed for the timed pairs
     stopped: str = "decided"  # why sampling stopped: "decided", "budget" or "max_pairs"
-    warmup: int = 0  # untimed decode steps per model before the first pair
+    warmup: int = 0  # untimed decode steps per side before the first pair
     unit: str = "decode step"  # what one sample times
-    fp32_samples: list[float] = field(default_factory=list, repr=False)  # s per step, per pair
+    reference_label: str = "FP32"  # what the reference computes in: FP32, BF16
+    int8_label: str = "INT8"  # the INT8 side's label (a scheme, a runtime)
+    extended: bool = False  # a close case sampled past the budget (sampler.CLOSE_BUDGET_FACTOR)
+    threads_note: str = ""  # how default threads were chosen, when not all cores
+    cpu_cores: int = 0  # CPUs the process may use
+    cpu_stalled: float | None = None  # share of runnable time the gate's threads waited
+    cpu_others: float | None = None  # cores' worth of CPU used by other processes meanwhile
+    reference_samples: list[float] = field(default_factory=list, repr=False)  # s per step
     int8_samples: list[float] = field(default_factory=list, repr=False)
 
     @property
     def passed(self) -> bool:
         return self.verdict == "pass"
 
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: non-finite floats (an interval not yet available) become None."""
-        out = asdict(self)
-        for key, value in out.items():
+    @property
+    def contention(self) -> Contention:
+        return Contention(
+            self.cpu_cores, self.threads, self.wall_s, self.cpu_others, self.cpu_stalled
+        )
+
+    def as_dict(self) -> dict[str, JSONValue]:
+        """A JSON-ready dict: non-finite floats (an interval not yet available) become None;
+        the reference's fields keep their released keys (:data:`JSON_KEYS`)."""
+        out: dict[str, JSONValue] = {}
+        for key, value in asdict(self).items():
             if isinstance(value, float) and not math.isfinite(value):
-                out[key] = None
+                value = None
+            out[JSON_KEYS.get(key, key)] = value
         return out
 
 
-def _encode(tokenizer: Any, prompt: str, models: Sequence[Any], new_tokens: int) -> Any:
-    """Tokenize ``prompt`` on the models' device, cut to leave room for ``new_tokens``."""
-    from ..models.context import fit_to_context
+def reference_label(model: CausalLM) -> str:
+    """``FP32``, ``BF16``, ``FP16``: what a wrapped reference module computes in."""
+    from ..models.causal_lm import model_dtype
 
-    inputs = dict(tokenizer(prompt, return_tensors="pt"))
-    device = getattr(models[0], "device", None)
-    if device is not None:
-        inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
-    for model in models:
-        inputs = fit_to_context(inputs, model, new_tokens)
-    return inputs
+    return model_dtype(model).replace("bfloat", "BF").replace("float", "FP")
 
 
-def on_cuda(*models: Any) -> bool:
-    """Whether any of the models reports a CUDA device (``model.device``, as transformers
-    models do); objects without one (injected test doubles) count as the CPU."""
-    return any(getattr(getattr(m, "device", None), "type", None) == "cuda" for m in models)
+def as_side(model: ModelSide | CausalLM, tokenizer: Tokenizer | None, label: str) -> ModelSide:
+    """A side as it is, an ``nn.Module`` wrapped in a ``TorchSide`` (``label``
+    "reference" takes the label of its dtype)."""
+    from ..sides import as_side as wrap
+
+    if label == "reference" and type(model).__module__.startswith(("transformers", "torch")):
+        label = reference_label(model)  # type: ignore[arg-type]
+    return wrap(model, label, tokenizer)
 
 
-def _check_arguments(
-    threshold: float, new_tokens: int, warmup: int, min_pairs: int, max_pairs: int, budget: float
-) -> None:
-    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold must be a positive finite speedup factor, got {threshold!r}")
-    if new_tokens < 1 or warmup < 0 or min_pairs < 1 or max_pairs < min_pairs:
-        raise ValueError(
-            f"need new_tokens >= 1, warmup >= 0 and 1 <= min_pairs <= max_pairs; got "
-            f"new_tokens={new_tokens}, warmup={warmup}, min_pairs={min_pairs}, "
-            f"max_pairs={max_pairs}"
-        )
-    if not budget > 0:
-        raise ValueError(f"time_budget must be positive seconds, got {budget!r}")
+def on_cuda(*sides: ModelSide) -> bool:
+    """Whether any side computes on a CUDA device."""
+    return any(side.device.startswith("cuda") for side in sides)
 
 
-def _progress_line(decision: Decision | None, n: int, elapsed: float, threshold: float) -> str:
-    head = f"quant_speedup: {n} pairs in {elapsed:.1f} s"
-    if decision is None or not math.isfinite(decision.ci_high):
-        return f"{head}, no interval yet (threshold {threshold:.3g}x)"
-    return (
-        f"{head}, INT8 {decision.speedup:.2f}x ({decision.confidence * 100:g}% CI "
-        f"{decision.ci_low:.2f}\u2013{decision.ci_high:.2f}) vs threshold {threshold:.3g}x"
+class _RunnerTimer:
+    """A :class:`DecodeTimer` over an injected ``runner`` (tests)."""
+
+    def __init__(self, runner: Runner, model: object) -> None:
+        self.runner, self.model = runner, model
+
+    def step(self, prompt: int, step: int) -> float:
+        return self.runner(self.model, prompt, step)
+
+
+def encoded_prompts(
+    sides: Sequence[ModelSide], tokenizer: Tokenizer, prompts: Sequence[str], new_tokens: int
+) -> list[list[int]]:
+    """Each prompt's ids, once for both sides, cut to leave ``new_tokens`` in the shorter
+    context."""
+    from ..models.causal_lm import encode_prompt
+
+    contexts = [c for c in (side.context_length() for side in sides) if c is not None]
+    context = min(contexts) if contexts else None
+    return [encode_prompt(tokenizer, p, context=context, new_tokens=new_tokens) for p in prompts]
+
+
+def pair_timer(timers: tuple[DecodeTimer, DecodeTimer], prompts: int, new_tokens: int) -> PairTimer:
+    """``time_pair(i, reference_first)`` for the sampler: step ``i`` of the run is step
+    ``i % new_tokens`` of prompt ``(i // new_tokens) % prompts``, on both sides."""
+    reference, int8 = timers
+
+    def time_pair(i: int, reference_first: bool) -> tuple[float, float]:
+        prompt, step = (i // new_tokens) % prompts, i % new_tokens
+        if reference_first:
+            a = reference.step(prompt, step)
+            return a, int8.step(prompt, step)
+        b = int8.step(prompt, step)
+        return reference.step(prompt, step), b
+
+    return time_pair
+
+
+class _MeterWatch:
+    """The sampler's :class:`~.sampler.Watch` over a :class:`~.contention.CpuMeter`."""
+
+    def __init__(self, meter: CpuMeter, threads: int) -> None:
+        self.meter, self.threads = meter, threads
+        self.cores = meter.cores()
+        self.start_at = meter.read()
+
+    def start(self) -> None:
+        self.start_at = self.meter.read()
+
+    def reading(self) -> Contention | None:
+        seen = between(self.start_at, self.meter.read(), cores=self.cores, threads=self.threads)
+        return seen if seen.measured else None
+
+
+def _schedule(
+    threshold: float, *, new_tokens: int, warmup: int, min_pairs: int | None, max_pairs: int,
+    time_budget: float, confidence: float, cuda: bool,
+) -> Schedule:  # fmt: skip
+    if new_tokens < 1:
+        raise ValueError(f"need new_tokens >= 1; got new_tokens={new_tokens}")
+    extra = CUDA_EXTRA_WARMUP if cuda and warmup >= 0 else 0
+    return Schedule(
+        threshold, warmup + extra, min_pairs, max_pairs, float(time_budget), None, confidence
     )
 
 
 def measure_speedup(
-    fp32_model: Any,
-    int8_model: Any,
-    tokenizer: Any,
+    reference: ModelSide | CausalLM,
+    int8: ModelSide | CausalLM,
+    tokenizer: Tokenizer | None = None,
     *,
     threshold: float,
     prompts: Sequence[str] | None = None,
-    new_tokens: int = 32,
+    new_tokens: int = Settings.new_tokens,
     threads: int | None = None,
-    time_budget: float = 5.0,
-    warmup: int = 4,
+    time_budget: float = Settings.time_budget,
+    warmup: int = WARMUP,
     min_pairs: int | None = None,
-    max_pairs: int = 1000,
+    max_pairs: int = MAX_PAIRS,
     confidence: float = DEFAULT_CONFIDENCE,
     clock: Callable[[], float] = time.perf_counter,
     runner: Runner | None = None,
     progress: Callable[[str], None] | None = None,
+    cpu: CpuMeter | None = None,
 ) -> SpeedupResult:
-    """Time FP32 and INT8 decode steps in interleaved pairs until the gate can decide.
+    """Time reference and INT8 decode steps in interleaved pairs until the gate can decide.
 
-    ``threshold`` is the speedup INT8 must reach (FP32 time / INT8 time per step).
-    ``new_tokens`` decode steps are taken per prompt (the steps of a ``new_tokens``-token
-    greedy generation) before the next prompt is prefilled. ``time_budget`` counts the
-    timed pairs only (warm-up excluded); a pair that would end past the budget is not
-    started, except that ``min_pairs`` pairs are always taken. ``min_pairs`` defaults
-    to the fewest pairs that can give an interval at ``confidence``
-    (:func:`~pytest_llmquant.speed.stats.pairs_for_an_interval`, 8 at 99%): stopping earlier
-    could only ever decide on the point estimate. ``warmup`` is in steps per model.
-    ``runner(model, prompt_index, step) -> seconds`` replaces the real timed decode
-    step (tests). ``progress`` hears a one-line status at most every
-    :data:`PROGRESS_EVERY_S` seconds of a measurement that is still going. On CUDA
-    :data:`CUDA_EXTRA_WARMUP` steps are added to ``warmup`` (the result reports the total).
+    ``reference`` and ``int8`` are :class:`~pytest_llmquant.sides.base.ModelSide`\\ s, or
+    ``nn.Module``\\ s (wrapped with ``tokenizer``). ``threshold`` is the speedup INT8 must
+    reach (reference time / INT8 time per step). ``new_tokens`` decode steps are taken per
+    prompt before the next prompt is prefilled. ``time_budget`` counts the timed pairs
+    only; a close case may sample on (:mod:`.sampler`). ``min_pairs`` defaults to the
+    fewest pairs that can give an interval at ``confidence`` (8 at 99%); ``warmup`` is in
+    steps per side (plus :data:`CUDA_EXTRA_WARMUP` on CUDA). ``threads`` None: the cores
+    free at the start. ``runner`` replaces the sides' decode steps, ``cpu`` the contention
+    counters (tests); ``progress`` hears a status line at most once a second.
     """
-    import torch
-
-    from ..settings import default_threads
-    from .decode_steps import DecodeStream
-
-    if min_pairs is None:
-        min_pairs = pairs_for_an_interval(confidence)
-    _check_arguments(threshold, new_tokens, warmup, min_pairs, max_pairs, time_budget)
-    if on_cuda(fp32_model, int8_model):
-        warmup += CUDA_EXTRA_WARMUP
+    sides = (as_side(reference, tokenizer, "reference"), as_side(int8, tokenizer, "INT8"))
+    schedule = _schedule(
+        threshold, new_tokens=new_tokens, warmup=warmup, min_pairs=min_pairs,
+        max_pairs=max_pairs, time_budget=time_budget, confidence=confidence, cuda=on_cuda(*sides),
+    )  # fmt: skip
     prompt_list = tuple(prompts) if prompts is not None else default_prompts()
     if not prompt_list:
         raise ValueError("prompts must not be empty")
-    n_threads = threads if threads is not None else default_threads()
-    if n_threads < 1:
-        raise ValueError(f"threads must be >= 1, got {n_threads}")
+    meter = cpu if cpu is not None else default_meter()
+    n_threads, note = _threads(threads, meter)
+    start = clock()
+    with sides[0].measuring(n_threads), sides[1].measuring(n_threads):
+        if runner is not None:
+            timers: tuple[DecodeTimer, DecodeTimer] = (
+                _RunnerTimer(runner, reference),
+                _RunnerTimer(runner, int8),
+            )
+        else:
+            timers = _decode_timers(sides, tokenizer, prompt_list, new_tokens, clock)
+        time_pair = pair_timer(timers, len(prompt_list), new_tokens)
+        watch = _MeterWatch(meter, n_threads)
+        sampled = sample(time_pair, schedule, clock=clock, watch=watch, progress=progress)
+    wall = clock() - start
+    return _result(sampled, schedule, sides, n_threads, note, new_tokens, len(prompt_list), wall, meter.cores())  # fmt: skip
 
-    models = {"fp32": fp32_model, "int8": int8_model}
-    if runner is not None:
-        injected = runner
 
-        def time_step(role: str, prompt: int, step: int) -> float:
-            return injected(models[role], prompt, step)
+def _threads(threads: int | None, meter: CpuMeter) -> tuple[int, str]:
+    from ..setting_checks import default_threads
 
-    else:
-        pair = (fp32_model, int8_model)
-        encoded = [_encode(tokenizer, p, pair, new_tokens) for p in prompt_list]
-        streams = {
-            role: DecodeStream(m, encoded, steps_per_prompt=new_tokens, clock=clock)
-            for role, m in models.items()
-        }
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return timing_threads(threads, meter, default_threads())
 
-        def time_step(role: str, prompt: int, step: int) -> float:
-            return streams[role].step(prompt, step)
 
-    def position(i: int) -> tuple[int, int]:  # the i-th step of the run: (prompt, step)
-        return (i // new_tokens) % len(prompt_list), i % new_tokens
-
-    saved_threads = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
-    try:
-        with torch.inference_mode():
-            start = clock()
-            for i in range(warmup):
-                time_step("fp32", *position(i))
-                time_step("int8", *position(i))
-            sampling_start = last_progress = clock()
-
-            fp32: list[float] = []
-            int8: list[float] = []
-            pair_s: list[float] = []
-            decision: Decision | None = None
-            next_look = min_pairs
-            stopped = "decided"
-            while True:
-                i = len(fp32)
-                where = position(warmup + i)
-                pair_start = clock()
-                if i % 2 == 0:  # AB
-                    a = time_step("fp32", *where)
-                    b = time_step("int8", *where)
-                else:  # BA
-                    b = time_step("int8", *where)
-                    a = time_step("fp32", *where)
-                now = clock()
-                pair_s.append(now - pair_start)
-                fp32.append(a)
-                int8.append(b)
-                n = len(fp32)
-                out_of_time = now - sampling_start + statistics.median(pair_s) > time_budget
-                last = n >= min_pairs and (out_of_time or n >= max_pairs)
-                if n >= next_look or last:
-                    next_look = max(n + 1, math.ceil(n * LOOK_GROWTH))
-                    decision = decide(
-                        fp32, int8, threshold, confidence=confidence, min_pairs=min_pairs
-                    )
-                    if decision.verdict != "undecided":
-                        break
-                if last:
-                    stopped = "budget" if out_of_time else "max_pairs"
-                    decision = decide(
-                        fp32,
-                        int8,
-                        threshold,
-                        confidence=confidence,
-                        final=True,
-                        min_pairs=min_pairs,
-                    )
-                    break
-                if progress is not None and now - last_progress >= PROGRESS_EVERY_S:
-                    last_progress = now
-                    progress(_progress_line(decision, n, now - sampling_start, threshold))
-            wall = clock() - start
-    finally:
-        torch.set_num_threads(saved_threads)
-    assert decision is not None  # the loop only ends after a decision
-
-    fp32_med = statistics.median(fp32)
-    int8_med = statistics.median(int8)
-    return SpeedupResult(
-        verdict=decision.verdict,
-        speedup=decision.speedup,
-        ci_low=decision.ci_low,
-        ci_high=decision.ci_high,
-        confidence=decision.confidence,
-        close=decision.close,
-        rule=decision.rule,
-        threshold=float(threshold),
-        n_pairs=decision.n,
-        fp32_ms_per_token=fp32_med * 1e3,
-        int8_ms_per_token=int8_med * 1e3,
-        fp32_tokens_per_s=1.0 / fp32_med,
-        int8_tokens_per_s=1.0 / int8_med,
-        threads=n_threads,
-        new_tokens=new_tokens,
-        prompts=len(prompt_list),
-        wall_s=wall,
-        time_budget=float(time_budget),
-        stopped=stopped,
-        warmup=warmup,
-        fp32_samples=fp32,
-        int8_samples=int8,
+def _decode_timers(
+    sides: tuple[ModelSide, ModelSide],
+    tokenizer: Tokenizer | None,
+    prompts: Sequence[str],
+    new_tokens: int,
+    clock: Callable[[], float],
+) -> tuple[DecodeTimer, DecodeTimer]:
+    if tokenizer is None:
+        raise ValueError("measure_speedup needs the tokenizer to encode its prompts")
+    ids = encoded_prompts(sides, tokenizer, prompts, new_tokens)
+    reference, int8 = (
+        side.decode_timer(ids, steps_per_prompt=new_tokens, clock=clock) for side in sides
     )
+    return reference, int8
+
+
+def _result(
+    sampled: Sampled, schedule: Schedule, sides: tuple[ModelSide, ModelSide], threads: int,
+    note: str, new_tokens: int, prompts: int, wall: float, cores: int,
+) -> SpeedupResult:  # fmt: skip
+    d = sampled.decision
+    reference_s = statistics.median(sampled.reference)
+    int8_s = statistics.median(sampled.int8)
+    seen = sampled.contention
+    return SpeedupResult(
+        verdict=sampled.verdict, speedup=d.speedup, ci_low=d.ci_low, ci_high=d.ci_high,
+        confidence=d.confidence, close=sampled.close, rule=sampled.rule,
+        threshold=float(schedule.threshold), n_pairs=d.n,
+        reference_ms_per_token=reference_s * 1e3, int8_ms_per_token=int8_s * 1e3,
+        reference_tokens_per_s=1.0 / reference_s, int8_tokens_per_s=1.0 / int8_s,
+        threads=threads, new_tokens=new_tokens, prompts=prompts, wall_s=wall,
+        sampling_s=sampled.sampling_s,
+        time_budget=schedule.time_budget, stopped=sampled.stopped, warmup=schedule.warmup,
+        reference_label=sides[0].label, int8_label=sides[1].label, extended=sampled.extended,
+        threads_note=note, cpu_cores=cores,
+        cpu_stalled=seen.stalled if seen is not None else None,
+        cpu_others=seen.others if seen is not None else None,
+        reference_samples=sampled.reference, int8_samples=sampled.int8,
+    )  # fmt: skip
 
 
 def format_speedup(result: SpeedupResult) -> str:
     """One line for a person: estimate, interval, sample size, threads, per-token times."""
-    pct = f"{result.confidence * 100:g}%"
-    if math.isfinite(result.ci_high):
-        ci = f"{pct} CI {result.ci_low:.2f}\u2013{result.ci_high:.2f}"
-    else:
+    r = result
+    pct = f"{r.confidence * 100:g}%"
+    ci = f"{pct} CI {r.ci_low:.2f}\u2013{r.ci_high:.2f}"
+    if not math.isfinite(r.ci_high):
         ci = f"too few pairs for a {pct} CI"
-    if result.speedup >= 1:
-        head = f"INT8 {result.speedup:.2f}x faster than FP32"
+    if r.speedup >= 1:
+        head = f"INT8 {r.speedup:.2f}x faster than {r.reference_label}"
     else:
-        head = f"INT8 at {result.speedup:.2f}x the speed of FP32"
+        head = f"INT8 at {r.speedup:.2f}x the speed of {r.reference_label}"
     line = (
-        f"{head} ({ci}, {result.n_pairs} decode-step pairs, "
-        f"{result.threads} thread{'s' if result.threads != 1 else ''}): "
-        f"{result.fp32_ms_per_token:.1f} \u2192 {result.int8_ms_per_token:.1f} ms/token"
+        f"{head} ({ci}, {r.n_pairs} decode-step pairs, "
+        f"{r.threads} thread{'s' if r.threads != 1 else ''}): "
+        f"{r.reference_ms_per_token:.1f} \u2192 {r.int8_ms_per_token:.1f} ms/token"
     )
-    if result.close:
-        if result.stopped == "max_pairs":
-            after = f"the {result.n_pairs}-pair limit"
+    if r.verdict == "inconclusive":
+        line += f" (inconclusive: {r.contention.describe()})"
+    elif r.close:
+        if r.stopped == "max_pairs":
+            after = f"the {r.n_pairs}-pair limit"
+        elif r.extended:
+            after = (
+                f"{r.sampling_s:.1f} s of pairs, sampling on past the {r.time_budget:g} s budget"
+            )
         else:
-            after = f"the {result.time_budget:g} s budget"
+            after = f"the {r.time_budget:g} s budget"
         line += f" (close: decided on the point estimate after {after})"
-
     return line

@@ -15,13 +15,13 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "Int8Description": "pytest_llmquant.user_int8.detect",
-    "describe_int8": "pytest_llmquant.user_int8.detect",
-    "describe_checkpoint": "pytest_llmquant.user_int8.detect",
-    "SaveOutcome": "pytest_llmquant.user_int8.save",
-    "save_int8": "pytest_llmquant.user_int8.save",
-    "probe_spec": "pytest_llmquant.user_int8.probe",
-    "load_saved_int8": "pytest_llmquant.user_int8.probe",
+    "Int8Description": "pytest_llmquant.int8.third_party.detect",
+    "describe_int8": "pytest_llmquant.int8.third_party.detect",
+    "describe_checkpoint": "pytest_llmquant.int8.third_party.detect",
+    "SaveOutcome": "pytest_llmquant.int8.third_party.save",
+    "save_int8": "pytest_llmquant.int8.third_party.save",
+    "probe_spec": "pytest_llmquant.int8.third_party.probe",
+    "load_saved_int8": "pytest_llmquant.int8.third_party.probe",
 }
 
 __all__ = sorted(_LAZY)
@@ -30,4 +30,4 @@ __all__ = sorted(_LAZY)
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'pytest_llmquant.user_int8' has no attribute {name!r}")
+    raise AttributeError(f"module 'pytest_llmquant.int8.third_party' has no attribute {name!r}")

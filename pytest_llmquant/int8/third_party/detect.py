@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LlmqUsageError
+from ...errors import LlmqUsageError
 from .configs import as_plain_dict, describe_quant_config, quant_method
 from .description import NOT_QUANTIZED, Int8Description
 
@@ -125,11 +125,13 @@ def _quanto_layer(module: Any) -> Int8Description:
 
 
 def _gptq_layer(module: Any) -> Int8Description:
-    route = "awq" if "awq" in type(module).__module__.lower() else "gptq"
+    library = "awq" if "awq" in type(module).__module__.lower() else "gptq"
     bits = getattr(module, "bits", None) or getattr(module, "w_bit", None)
     bits = int(bits) if isinstance(bits, int) else None
-    label = f"{route} {bits}-bit" if bits else route
-    return Int8Description(label, bits, f"{type(module).__name__} packed {route} weights", route)
+    label = f"{library} {bits}-bit" if bits else library
+    return Int8Description(
+        label, bits, f"{type(module).__name__} packed {library} weights", library
+    )
 
 
 def _compressed_tensors_layer(module: Any) -> Int8Description | None:
@@ -202,7 +204,7 @@ def describe_layer(module: nn.Module, schemes: list[Any] | None = None) -> Int8D
 
 
 def _our_schemes() -> list[Any]:
-    from ..schemes import REGISTRY, get_scheme
+    from ...schemes import REGISTRY, get_scheme
 
     return [get_scheme(name) for name in REGISTRY]
 
@@ -211,7 +213,7 @@ def _our_schemes() -> list[Any]:
 
 
 def _float_linear_count(model: nn.Module) -> int:
-    from ..layers import is_float_layer, linear_like_layers
+    from ...layers import is_float_layer, linear_like_layers
 
     return sum(1 for m in linear_like_layers(model).values() if is_float_layer(m))
 
@@ -220,7 +222,7 @@ def describe_int8(model: nn.Module) -> Int8Description:
     """Label ``model`` by the quantized layers it holds (the most common kind wins; the
     others are named in ``method``), with ``quant_method`` from its transformers config.
 
-    A model with no quantized layer is ``route="none"``; if its config still declares a
+    A model with no quantized layer is ``library="none"``; if its config still declares a
     ``quantization_config``, ``method`` says so (a checkpoint dequantized on load).
     """
     schemes = _our_schemes()
@@ -258,7 +260,7 @@ def describe_int8(model: nn.Module) -> Int8Description:
         main.label,
         main.bits,
         main.method + extra + kept,
-        main.route,
+        main.library,
         scheme=main.scheme,
         quant_method=method,
         layers=sum(counts.values()),
@@ -281,7 +283,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _describe_recipe(directory: Path) -> Int8Description:
-    from ..schemes.base import QuantScheme
+    from ...schemes.base import QuantScheme
 
     recipe = QuantScheme.read_recipe(directory)
     name = str(recipe["scheme"])
@@ -301,9 +303,9 @@ def describe_checkpoint(path: str | Path) -> Int8Description:
 
     Ours: ``llmq-recipe.json``; quanto's own save: ``quanto_qmap.json``; a transformers
     checkpoint: ``config.json``'s ``quantization_config``. Anything else is
-    ``route="none"`` (a float checkpoint).
+    ``library="none"`` (a float checkpoint).
     """
-    from ..schemes.base import RECIPE_FILE
+    from ...schemes.base import RECIPE_FILE
 
     directory = Path(path).expanduser()
     if not directory.is_dir():

@@ -187,13 +187,13 @@ def describe_quant_config(config: Any) -> Int8Description:
         return _quanto(plain)
     bits = plain.get("bits", plain.get("w_bit", plain.get("num_bits")))
     bits = int(bits) if isinstance(bits, (int, float, str)) and str(bits).isdigit() else None
-    route = method if method in ("gptq", "awq") else "transformers"
+    library = method if method in ("gptq", "awq") else "transformers"
     label = f"{method} {bits}-bit" if bits is not None else method
     return Int8Description(
         label,
         bits,
         f"transformers quant_method {method!r}"
         + (f", {bits}-bit weights" if bits is not None else ", weight bits not declared"),
-        route,
+        library,
         quant_method=method,
     )

@@ -13,7 +13,7 @@ step ``s`` of FP32 and step ``s`` of INT8 attend over the same number of positio
 Each model feeds itself its own greedy token (the tokens may differ, the shapes do
 not). After ``steps_per_prompt`` steps the next prompt is prefilled into a fresh cache,
 so the cache never grows past ``prompt + steps_per_prompt`` positions, and the prompts
-are cut to fit the model's context (:func:`pytest_llmquant.models.context.fit_to_context`).
+are cut to fit the model's context (:func:`pytest_llmquant.models.causal_lm.fit_to_context`).
 """
 
 from __future__ import annotations

@@ -2,14 +2,17 @@
 
 A gate result is only worth something if it names the model it measured: a torchao model
 made by the user's hook must not be labelled with our scheme's name, and a 4-bit model
-must not be called INT8. Every pair carries one of these.
+must not be called INT8. Every pair carries one of these; a model the user made is
+described by :func:`pytest_llmquant.int8.routes.origin_of_model`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
+#: how the user handed the INT8 model over (the handler that builds, saves and reloads it is
+#: :func:`pytest_llmquant.int8.routes.route_for`'s answer; a checkpoint may be a GGUF file)
 Route = Literal["scheme", "hook", "fixture", "checkpoint"]
 
 #: how each route is named in the summary
@@ -42,17 +45,8 @@ class Int8Origin:
         runs = f"; runs on the {self.path}" if self.path else ""
         return f"{self.label} ({self.bits_text}, made by the {self.made_by}{runs})"
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, str | int | None]:
         return {**asdict(self), "made_by": self.made_by}
-
-
-def from_model(model: Any, route: Route, label: str | None = None) -> Int8Origin:
-    """Describe a model the user made (hook or fixture): the label they gave, else the one
-    read from its layers (torchao tensor subclasses, bitsandbytes, quanto, our schemes...)."""
-    from ..user_int8.detect import describe_int8
-
-    desc = describe_int8(model)
-    return Int8Origin(route, label or desc.label, desc.bits, scheme=desc.scheme)
 
 
 def id_part(origin_label: str) -> str:

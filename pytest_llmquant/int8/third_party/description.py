@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
 
-#: the libraries (or formats) a model can be quantized by; ``route`` holds one of them
-ROUTES: tuple[str, ...] = (
+#: the libraries (or formats) a model can be quantized by; ``library`` holds one of them
+LIBRARIES: tuple[str, ...] = (
     "llmq",  # one of our schemes (pytest_llmquant.schemes)
     "torchao",
     "bitsandbytes",
@@ -31,21 +30,21 @@ class Int8Description:
     label: str  # e.g. "torchao Int8WeightOnly", "bitsandbytes LLM.int8", "gptq 4-bit"
     bits: int | None
     method: str  # one line: what is stored in int, what runs in float
-    route: str  # one of ROUTES: which library's save/load applies
-    scheme: str | None = None  # our scheme name when route == "llmq"
+    library: str  # one of LIBRARIES: whose save/load applies
+    scheme: str | None = None  # our scheme name when library == "llmq"
     quant_method: str | None = None  # transformers' quantization_config.quant_method, if any
     layers: int | None = None  # quantized linear layers counted in a model; None for a checkpoint
 
     @property
     def is_quantized(self) -> bool:
-        return self.route != "none"
+        return self.library != "none"
 
     def __str__(self) -> str:
         if self.bits is None or f"{self.bits}-bit" in self.label:
             return self.label
         return f"{self.label}, {self.bits}-bit weights"
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, str | int | None]:
         return asdict(self)
 
 
@@ -53,5 +52,5 @@ NOT_QUANTIZED = Int8Description(
     label="not quantized",
     bits=None,
     method="every linear layer holds a float weight",
-    route="none",
+    library="none",
 )

@@ -14,8 +14,12 @@ model (embeddings, norms, biases, layers a scheme skips) explains a small ratio.
 
 from __future__ import annotations
 
+import json
+import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import LlmqUsageError
@@ -233,3 +237,46 @@ def is_float_module(module: nn.Module) -> bool:
     if getattr(module, "_packed_params", None) is not None:
         return False
     return not any(_is_int8_like(t) or _is_wrapper_subclass(t) for _, t in _local_tensors(module))
+
+
+# -- float tensors in a saved model's safetensors files ------------------------------
+
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header: dict[str, Any] = json.loads(fh.read(n))
+    header.pop("__metadata__", None)
+    return header
+
+
+def file_kept_float(
+    directory: str | os.PathLike[str], model: nn.Module | None = None
+) -> dict[str, int]:
+    """Bytes of float tensors in the ``*.safetensors`` files of ``directory``, by role.
+
+    Reads only the safetensors headers. With ``model`` (the model that was saved), each
+    tensor is attributed to the role of the module that owns it; without, all float
+    tensors count as "float: other".
+    """
+    modules = dict(model.named_modules()) if model is not None else {}
+    out: dict[str, int] = {}
+    for path in sorted(Path(directory).rglob("*.safetensors")):
+        for name, info in _safetensors_header(path).items():
+            if info.get("dtype") not in _FLOAT_DTYPES:
+                continue
+            begin, end = info["data_offsets"]
+            owner_name, _, attr = name.rpartition(".")
+            owner = modules.get(owner_name)
+            if owner is None:
+                role = FLOAT_OTHER
+            elif is_float_module(owner):
+                role = float_role(owner)
+            elif attr.startswith("bias"):
+                role = FLOAT_BIAS
+            else:
+                continue  # the float scales of an int8 layer are part of that layer
+            out[role] = out.get(role, 0) + int(end - begin)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))

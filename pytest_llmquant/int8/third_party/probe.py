@@ -21,21 +21,23 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..errors import LlmqUsageError
+from ...errors import LlmqUsageError
 from .detect import QUANTO_MAP_FILE, describe_checkpoint, describe_int8
 from .explain import check_not_dequantized, explain_load_error
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from ...types import CausalLM
+
 LOADERS: tuple[str, ...] = ("llmq-recipe", "transformers", "quanto")
 
 
 def loader_for(directory: str | Path) -> str:
     """Which of :data:`LOADERS` reads ``directory`` (from its JSON files alone)."""
-    from ..schemes.base import RECIPE_FILE
+    from ...schemes.base import RECIPE_FILE
 
     path = Path(directory)
     if (path / RECIPE_FILE).exists():
@@ -46,7 +48,7 @@ def loader_for(directory: str | Path) -> str:
         return "transformers"
     raise LlmqUsageError(
         f"{directory} is not a quantized checkpoint (no llmq-recipe.json, no {QUANTO_MAP_FILE}, "
-        "no quantization_config in config.json); save it with pytest_llmquant.user_int8.save_int8"
+        "no quantization_config in config.json); save it with pytest_llmquant.int8.third_party.save_int8"
     )
 
 
@@ -56,7 +58,7 @@ def probe_spec(directory: str | Path) -> dict[str, str]:
     return {"int8_dir": str(path), "int8_loader": loader_for(path)}
 
 
-def _load_transformers(path: Path, device: str) -> Any:
+def _load_transformers(path: Path, device: str) -> CausalLM:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -72,7 +74,7 @@ def _load_transformers(path: Path, device: str) -> Any:
         hf_logging.set_verbosity(verbosity)
 
 
-def _load_quanto(path: Path, device: str) -> Any:
+def _load_quanto(path: Path, device: str) -> CausalLM:
     import torch
     from optimum.quanto import requantize
     from safetensors import safe_open
@@ -99,12 +101,12 @@ def _load_quanto(path: Path, device: str) -> Any:
     if missing:
         raise LlmqUsageError(
             f"{path} does not hold every weight of its model ({missing[0]} is missing); save it "
-            "again with pytest_llmquant.user_int8.save_int8"
+            "again with pytest_llmquant.int8.third_party.save_int8"
         )
     return model
 
 
-def _untie(model: Any) -> None:
+def _untie(model: CausalLM) -> None:
     """Give every parameter shared by two modules its own storage.
 
     A config may say ``tie_word_embeddings`` while the saved model holds two different
@@ -140,7 +142,7 @@ def load_saved_int8(
         raise LlmqUsageError(f"unknown INT8 loader {loader!r}; valid: {', '.join(LOADERS)}")
     try:
         if loader == "llmq-recipe":
-            from ..schemes import get_scheme
+            from ...schemes import get_scheme
 
             model = get_scheme(str(checkpoint.scheme)).load(path, device=device)
         elif loader == "quanto":

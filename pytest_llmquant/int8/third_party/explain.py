@@ -19,15 +19,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..errors import LlmqModelError, LlmqUsageError
+from ...errors import LlmqModelError, LlmqUsageError
+from ...models.causal_lm import vocab_size
 from .description import Int8Description
 
 if TYPE_CHECKING:
     import torch
 
-#: what to pip install for each route's loading code (the kernels transformers asks for)
+    from ...types import CausalLM
+
+#: what to pip install for each library's loading code (the kernels transformers asks for)
 INSTALL = {
     "gptq": "gptqmodel optimum",
     "awq": "gptqmodel",
@@ -72,14 +75,14 @@ def explain_load_error(exc: BaseException, path: str, checkpoint: Int8Descriptio
     if isinstance(exc, (LlmqUsageError, LlmqModelError)):
         return exc
     if isinstance(exc, ImportError):
-        package = INSTALL.get(checkpoint.route)
+        package = INSTALL.get(checkpoint.library)
         fix = f"pip install {package}" if package else "install the package it names"
         return LlmqUsageError(
             f"{what} needs kernels that are not installed ({_first_line(exc)}); {fix}, or "
             "pass an INT8 checkpoint this machine can run (a pytest-llmquant scheme, torchao, "
             "bitsandbytes)"
         )
-    library = LIBRARY.get(checkpoint.route, "transformers")
+    library = LIBRARY.get(checkpoint.library, "transformers")
     versions = f"{library} {_version(library)}, transformers {_version('transformers')}"
     return LlmqModelError(
         f"loading {what} failed ({type(exc).__name__}: {_first_line(exc)}); installed: "
@@ -100,7 +103,7 @@ def check_not_dequantized(path: str, checkpoint: Int8Description, loaded: Int8De
         return
     runtime = (
         "its INT8 runtime is vLLM"
-        if checkpoint.route == "compressed-tensors"
+        if checkpoint.library == "compressed-tensors"
         else "this machine has no kernel for it"
     )
     raise LlmqUsageError(
@@ -114,20 +117,10 @@ def check_not_dequantized(path: str, checkpoint: Int8Description, loaded: Int8De
 # -- vocabulary --------------------------------------------------------------------------
 
 
-def _vocab(model: Any) -> int:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    rows = getattr(head, "out_features", None)
-    if rows is None and head is not None and getattr(head, "weight", None) is not None:
-        rows = head.weight.shape[0]
-    if rows is None:
-        rows = model.config.vocab_size
-    return int(rows)
-
-
-def shared_vocab(fp32_model: Any, int8_model: Any, label: str = "the INT8 model") -> int:
+def shared_vocab(reference: CausalLM, int8_model: CausalLM, label: str = "the INT8 model") -> int:
     """The number of token ids to compare over: the FP32 vocabulary. Refuses an INT8 model
     whose vocabulary is smaller (a different model, not a quantized copy)."""
-    fp32, int8 = _vocab(fp32_model), _vocab(int8_model)
+    fp32, int8 = vocab_size(reference), vocab_size(int8_model)
     if int8 < fp32:
         raise LlmqUsageError(
             f"{label} has a smaller vocabulary ({int8} ids) than the FP32 model ({fp32}): it is "

@@ -24,11 +24,16 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from ..errors import LlmqUsageError
+from ...errors import LlmqUsageError
 from .description import Int8Description
 from .detect import QUANTO_MAP_FILE, describe_checkpoint, describe_int8
+
+if TYPE_CHECKING:
+    import torch
+
+    from ...types import CausalLM
 
 #: the files that make a model (counted by the file gate); tokenizers and READMEs are not
 MODEL_FILE_SUFFIXES = (".safetensors", ".safetensors.index.json")
@@ -98,7 +103,7 @@ def _from_origin(origin: Path) -> SaveOutcome | str:
     return _outcome(origin, f"the checkpoint's own files ({desc.label})", loader_for(origin), True)
 
 
-def _serializable(quantizer: Any) -> bool:
+def _serializable(quantizer: object) -> bool:
     check = getattr(quantizer, "is_serializable", False)
     if not callable(check):
         return bool(check)  # a property in some transformers versions
@@ -108,9 +113,9 @@ def _serializable(quantizer: Any) -> bool:
         return bool(check())
 
 
-def _save_pretrained(model: Any, desc: Int8Description, directory: Path) -> SaveOutcome | str:
+def _save_pretrained(model: CausalLM, desc: Int8Description, directory: Path) -> SaveOutcome | str:
     try:
-        model.save_pretrained(directory, safe_serialization=True)
+        model.save_pretrained(directory, safe_serialization=True)  # type: ignore[operator]
     except Exception as exc:  # the library's own refusal: reported, not raised
         # e.g. transformers 5.24 cannot re-save a bitsandbytes checkpoint it loaded
         # (NotImplementedError): measure such a model through its origin directory
@@ -133,7 +138,7 @@ def _clear(directory: Path) -> None:
             p.unlink()
 
 
-def _save_quanto(model: Any, desc: Int8Description, directory: Path) -> SaveOutcome | str:
+def _save_quanto(model: CausalLM, desc: Int8Description, directory: Path) -> SaveOutcome | str:
     from optimum.quanto import quantization_map
     from safetensors.torch import save_file
 
@@ -147,7 +152,7 @@ def _save_quanto(model: Any, desc: Int8Description, directory: Path) -> SaveOutc
             f"cannot save the {desc.label} model: {unfrozen[0]} is not frozen (its weights are "
             "still float); call optimum.quanto.freeze(model) after quantize()"
         )
-    tensors: dict[str, Any] = {}
+    tensors: dict[str, torch.Tensor] = {}
     tied: dict[str, str] = {}
     seen: dict[tuple[int, tuple[int, ...]], str] = {}
     for key, value in model.state_dict().items():
@@ -157,7 +162,7 @@ def _save_quanto(model: Any, desc: Int8Description, directory: Path) -> SaveOutc
             continue
         seen[ident] = key
         tensors[key] = value.detach().contiguous().cpu()
-    config = model.config.to_dict()
+    config = model.config.to_dict()  # type: ignore[union-attr, operator]
     config.pop("quantization_config", None)  # the map below is what quanto reloads from
     (directory / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     generation = getattr(model, "generation_config", None)
@@ -169,8 +174,8 @@ def _save_quanto(model: Any, desc: Int8Description, directory: Path) -> SaveOutc
     return _outcome(directory, "optimum-quanto safetensors + quantization map", "quanto", False)
 
 
-def _save_ours(model: Any, desc: Int8Description, directory: Path) -> SaveOutcome | str:
-    from ..schemes import get_scheme
+def _save_ours(model: CausalLM, desc: Int8Description, directory: Path) -> SaveOutcome | str:
+    from ...schemes import get_scheme
 
     get_scheme(str(desc.scheme)).save(model, directory)
     return _outcome(directory, f"pytest-llmquant {desc.scheme} recipe", "llmq-recipe", False)
@@ -186,7 +191,10 @@ _IN_MEMORY_ONLY = {
 
 
 def save_int8(
-    model: Any, directory: str | os.PathLike[str], *, origin: str | os.PathLike[str] | None = None
+    model: CausalLM,
+    directory: str | os.PathLike[str],
+    *,
+    origin: str | os.PathLike[str] | None = None,
 ) -> SaveOutcome | str:
     """Save ``model`` under ``directory`` with its maker's safe format, or say why not.
 
@@ -214,17 +222,17 @@ def save_int8(
         return _reason(desc, f"saving failed ({type(exc).__name__}: {first})")
 
 
-def _dispatch(model: Any, desc: Int8Description, target: Path) -> SaveOutcome | str:
-    if desc.route == "llmq":
+def _dispatch(model: CausalLM, desc: Int8Description, target: Path) -> SaveOutcome | str:
+    if desc.library == "llmq":
         return _save_ours(model, desc, target)
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None and _serializable(quantizer):
         return _save_pretrained(model, desc, target)
-    if desc.route == "quanto":
+    if desc.library == "quanto":
         return _save_quanto(model, desc, target)
     if quantizer is not None:
         return _reason(desc, f"transformers cannot serialize {type(quantizer).__name__} models")
     why = _IN_MEMORY_ONLY.get(
-        desc.route, f"it has no transformers quantizer to save a {desc.route} model"
+        desc.library, f"it has no transformers quantizer to save a {desc.library} model"
     )
     return _reason(desc, why)
