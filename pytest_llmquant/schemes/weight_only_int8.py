@@ -33,6 +33,7 @@ Options: ``group_size`` (int, default 32; ``0`` or ``None`` means per channel) a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +43,7 @@ from ..layers import convert_conv1d, linear_like_layers, set_submodule
 from . import kernels
 from .base import QuantScheme
 from .scheme_options import group_size_option, is_skipped
+from .weight_only_fused import fuse_siblings
 from .weight_only_linear import WeightOnlyInt8Linear
 
 __all__ = ["WeightOnlyInt8", "WeightOnlyInt8Linear"]
@@ -86,6 +88,13 @@ class WeightOnlyInt8(QuantScheme):
                 set_submodule(
                     model, name, WeightOnlyInt8Linear.from_linear(module, self.group_size)
                 )
+        fuse_siblings(model)
+        return model
+
+    def load(self, directory: str | Path, *, device: str = "cpu") -> nn.Module:
+        """The saved model (per-layer int8 weights), its sibling layers fused again."""
+        model = super().load(directory, device=device)
+        fuse_siblings(model)
         return model
 
     def is_quantized_module(self, module: nn.Module) -> bool:

@@ -18,6 +18,7 @@ The storage layout follows the device: packed for the C kernel on the CPU, row-m
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from .int8_math import (
     quantize_per_channel,
     unpack_rows,
 )
+from .weight_only_fused import FusedGroup, single
 
 #: Up to this many tokens per call the C kernel runs (decode, small batches); above it
 #: the weight is dequantized and the float32 GEMM runs (prompt processing).
@@ -72,6 +74,10 @@ class WeightOnlyInt8Linear(nn.Module):
                 f"scales of shape {tuple(scales.shape)} do not fit {tuple(q.shape)} "
                 f"with group_size={group_size}"
             )
+        #: the prepared kernel call this layer's decode runs (:mod:`.weight_only_fused`),
+        #: shared with its siblings when fused; made on first use otherwise
+        self._group: FusedGroup | None = None
+        self._group_index = 0
         self.register_buffer("packed", None)
         self.register_buffer("weight_int8", q.to(torch.int8).contiguous())
         self.register_buffer("scales", scales.to(torch.float32).contiguous())
@@ -100,7 +106,16 @@ class WeightOnlyInt8Linear(nn.Module):
             if new is not None and new.dtype != torch.float32:
                 self._buffers[name] = old.to(new.device)
         self._match_layout_to_device()
+        if self._group is not None and not self._group.intact():
+            self._group.dissolve()  # moved, or its buffers replaced: a call of its own later
         return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the prepared call behind (it holds raw pointers into
+        this layer's tensors); the copy makes its own on first use."""
+        state = self.__dict__.copy()
+        state["_group"] = None
+        return state
 
     def _match_layout_to_device(self) -> None:
         """Packed where the C kernel can read it (the CPU, a packable shape), row-major
@@ -154,29 +169,39 @@ class WeightOnlyInt8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # decode fast path: a few microseconds of Python per call matter here, because
-        # a 135M model makes ~200 of these calls per generated token
-        packed = self.packed  # a buffer read goes through nn.Module.__getattr__: once
+        # a 135M model makes ~120 of these calls per generated token (fused siblings)
+        group = self._group
         if (
-            packed is not None
+            group is not None
             and kernels.loaded()
             and x.dtype is torch.float32
-            and x.is_contiguous()
             and x.device.type == "cpu"
-            and 0 < x.numel() <= KERNEL_MAX_TOKENS * (k := self.in_features)
+            and x.is_contiguous()
+            and 0 < x.numel() <= KERNEL_MAX_TOKENS * self.in_features
         ):
-            y = x.new_empty((*x.shape[:-1], self.out_features))
-            kernels.wo_packed(packed, x, self.bias, y, self.out_features, k, self.block)
-            return y
+            y = group.output(self._group_index, x)
+            if y is not None:
+                return y
         return self._forward_general(x)
 
     def _forward_general(self, x: torch.Tensor) -> torch.Tensor:
         n, k = self.out_features, self.in_features
+        if (
+            self._group is None
+            and self._buffers["packed"] is not None
+            and x.device.type == "cpu"
+            and kernels.available()
+            and single(self) is not None
+            and x.dtype is torch.float32
+            and x.is_contiguous()
+            and 0 < x.numel() <= KERNEL_MAX_TOKENS * k
+        ):
+            return self.forward(x)  # the call it has just made
         lead = x.shape[:-1]
         m = lead.numel()
         if (
             m > KERNEL_MAX_TOKENS
             and self.packed is not None
-            and n * k > _SLAB_ELEMENTS
             and x.dtype is torch.float32
             and x.device.type == "cpu"
             and kernels.available()
@@ -195,21 +220,29 @@ class WeightOnlyInt8Linear(nn.Module):
         return y.reshape(*lead, n).to(x.dtype)
 
     def _prefill_by_slabs(self, x2: torch.Tensor) -> torch.Tensor:
-        """The prompt GEMM a slab of rows at a time, each dequantized into one reused
-        buffer: a big layer (SmolLM2's lm_head is 28M weights) never has a whole float32
-        copy (113 MB) alive, which is most of the suite's transient memory."""
+        """The prompt GEMM on the weight dequantized a slab of rows at a time into one
+        reused per-thread buffer (:func:`_scratch`), so a prompt never allocates a float
+        weight: a fresh 2-110 MB tensor per layer and call cost page faults and zeroing
+        as large as the dequantization itself, and a big layer (SmolLM2's lm_head is 28M
+        weights) never has a whole float32 copy (113 MB) alive. A layer that fits one
+        slab runs ``F.linear`` on the whole weight, exactly as before."""
         assert self.packed is not None
         n, k = self.out_features, self.in_features
         slab = max(PACK_ROWS, (_SLAB_ELEMENTS // k) // PACK_ROWS * PACK_ROWS)
+        buf = _scratch(min(slab, n) * k)
+        if n <= slab:
+            w = buf[: n * k].view(n, k)
+            kernels.unpack_f32(self.packed, w, n, k, self.block)
+            return nn.functional.linear(x2, w, self.bias)
         per_block = kernels.packed_nbytes(PACK_ROWS, k, self.block)
-        w = torch.empty(slab, k, dtype=torch.float32)
         y = torch.empty(x2.shape[0], n, dtype=torch.float32)
         for r0 in range(0, n, slab):
             r = min(slab, n - r0)
             first = r0 // PACK_ROWS * per_block
             part = self.packed[first : first + kernels.packed_nbytes(r, k, self.block)]
-            kernels.unpack_f32(part, w[:r], r, k, self.block)
-            y[:, r0 : r0 + r] = x2 @ w[:r].t()
+            w = buf[: r * k].view(r, k)
+            kernels.unpack_f32(part, w, r, k, self.block)
+            y[:, r0 : r0 + r] = x2 @ w.t()
         if self.bias is not None:
             y += self.bias
         return y
@@ -220,3 +253,16 @@ class WeightOnlyInt8Linear(nn.Module):
             f"group_size={self.group_size}, bias={self.bias is not None}, "
             f"packed={self.is_packed}"
         )
+
+
+_local = threading.local()
+
+
+def _scratch(elements: int) -> torch.Tensor:
+    """This thread's reused float32 buffer of at least ``elements`` (grow-only; one slab,
+    8 MB by default). Per thread, because two threads may run prompts at once."""
+    buf: torch.Tensor | None = getattr(_local, "buf", None)
+    if buf is None or buf.numel() < elements:
+        buf = torch.empty(max(elements, _SLAB_ELEMENTS), dtype=torch.float32)
+        _local.buf = buf
+    return buf

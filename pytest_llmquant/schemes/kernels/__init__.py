@@ -5,7 +5,8 @@ Schemes call it only through the typed wrappers below (:func:`wo_packed`, :func:
 tensors and widths, checks every size the C code will trust (a wrong one would read or
 write past a buffer, not raise), picks the thread count, and turns a nonzero C status
 into a one-line :class:`KernelError` that names the fix, so no caller ever reads an
-output buffer the kernel did not write. Before using them a layer asks :func:`available`
+output buffer the kernel did not write. Decode goes through :class:`.calls.PackedCall`
+instead, which checks the weights once when it is made and only the input per call. Before using them a layer asks :func:`available`
 (which builds the library on first use and warns once if it cannot) and otherwise takes
 its torch path.
 
@@ -24,6 +25,7 @@ import ctypes
 import functools
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,7 +63,16 @@ ENOMEM = 1
 EINVAL = 2
 
 #: Calls with fewer multiply-adds than this run on one thread (see :func:`threads_for`).
-PARALLEL_MIN_WORK = 1 << 23
+#: Measured with ``python benchmarks/kernel_grain.py --threads 2`` (one token, k=576,
+#: weights from DRAM, 1 vs 2 threads interleaved). One thread streamed ~10 GB/s (a
+#: 576x576 product: ~37 us); a fork/join of libgomp's already spinning threads is
+#: estimated at a few microseconds (not isolated here), so a split should pay from
+#: ~20 us of work (~250 KB of int8 weight). 2**18
+#: (262k multiply-adds, o_proj-sized: 576x576 = 332k) puts every fused SmolLM2 call over
+#: the grain and keeps tiny layers (k/v alone are 110k) on one thread. Under a load
+#: average of 8-10 on 2 cores (others' jobs) 2 threads lost at every size below 1.8M:
+#: an oversubscribed machine makes any parallel region wait, as it does torch's own.
+PARALLEL_MIN_WORK = 1 << 18
 #: rows per block and columns per chunk of the packed layout (``int8_math.pack_rows``)
 _PK_ROWS, _PK_COLS = 4, 32
 
@@ -172,18 +183,31 @@ def path_description(fallback: str = "torch dequantize fallback") -> str:
 
 
 def threads_for(work: int) -> int:
-    """OpenMP threads for a call doing ``work`` multiply-adds: 1 below ``PARALLEL_MIN_WORK``.
+    """OpenMP threads for a call doing ``work`` multiply-adds: the session's
+    (``torch.get_num_threads()``) from ``PARALLEL_MIN_WORK`` on, else 1.
 
-    On a small CPU shared with other processes, waking a second thread for each small
-    matrix-vector product costs more than it saves (a parallel region waits for a thread
-    the OS has not scheduled yet: we measured 100x slowdowns of 1536x576 products on a
-    2-core machine under load), so only big layers (``lm_head``) and prompts fan out.
+    The kernel's parallel regions run on the same libgomp thread pool as torch's own ops
+    (the process loads one OpenMP runtime), so fanning out costs a fork/join of threads
+    that are already spinning, not a thread start. Below the grain that fork/join costs
+    more than the split saves. See ``PARALLEL_MIN_WORK`` for how the grain was measured.
     """
     if work < PARALLEL_MIN_WORK:
         return 1
-    import torch
+    get = _get_num_threads
+    if get is None:
+        import torch
 
-    return torch.get_num_threads()
+        get = _set_get_num_threads(torch.get_num_threads)
+    return get()
+
+
+_get_num_threads: Callable[[], int] | None = None
+
+
+def _set_get_num_threads(fn: Callable[[], int]) -> Callable[[], int]:
+    global _get_num_threads
+    _get_num_threads = fn
+    return fn
 
 
 def check_status(status: int, function: str, m: int, n: int, k: int) -> None:

@@ -18,7 +18,8 @@
 #define LLMQ_OK 0
 #define LLMQ_ENOMEM 1 /* a scratch buffer could not be allocated */
 #define LLMQ_EINVAL 2 /* sizes that do not describe a valid call */
-#define LLMQ_ABI_VERSION 4
+#define LLMQ_ABI_VERSION 5
+#define LLMQ_MAX_PARTS 8 /* sibling layers one llmq_wo_packed_parts call computes */
 
 /* The checks every entry point shares: non-negative sizes, G blocks of gs columns
    covering K (the last may be shorter), at least one thread. */
@@ -282,6 +283,40 @@ int llmq_wo_packed(const uint8_t* P, const float* x, const float* bias, float* y
     for (int64_t b = 0; b < nblocks; ++b)
         for (int64_t m = 0; m < M; ++m)
             wo_packed_block(P + b * bstride, x + m * K, y + m * N, bias, b * PK_ROWS, N, G, C);
+    return LLMQ_OK;
+}
+
+/* Several sibling layers that read the same input (q/k/v, gate/up) in one call, so one
+   parallel region and one pass over x serve them all. Their packed weights lie back to
+   back in P (every part but the last a whole number of 4-row blocks, so the concatenation
+   is itself the packed layout of the stacked weight). Part p's output is its own
+   contiguous (M, rows[p]) block of y, at y + M * (rows[0] + ... + rows[p-1]), with
+   biases[p] (NULL: none). One part is a plain layer. */
+int llmq_wo_packed_parts(const uint8_t* P, const float* x, float* y, int64_t M, int64_t K,
+                         int64_t gs, int64_t nparts, const int64_t* rows,
+                         const float* const* biases, int nthreads) {
+    if (nparts < 1 || nparts > LLMQ_MAX_PARTS || !rows || !biases) return LLMQ_EINVAL;
+    int64_t first[LLMQ_MAX_PARTS + 1], off[LLMQ_MAX_PARTS], N = 0;
+    first[0] = 0;
+    for (int64_t p = 0; p < nparts; ++p) {
+        if (rows[p] < 1 || (p + 1 < nparts && rows[p] % PK_ROWS)) return LLMQ_EINVAL;
+        off[p] = N;
+        N += rows[p];
+        first[p + 1] = (N + PK_ROWS - 1) / PK_ROWS;
+    }
+    if (bad_packed(M, N, K, gs, nthreads)) return LLMQ_EINVAL;
+    const int64_t G = K / gs, C = gs / 32, nblocks = first[nparts];
+    const int64_t bstride = G * (16 + 128 * C);
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+    for (int64_t b = 0; b < nblocks; ++b) {
+        int64_t p = 0;
+        while (b >= first[p + 1]) ++p;
+        float* yp = y + M * off[p];
+        const int64_t n0 = (b - first[p]) * PK_ROWS;
+        for (int64_t m = 0; m < M; ++m)
+            wo_packed_block(P + b * bstride, x + m * K, yp + m * rows[p], biases[p], n0,
+                            rows[p], G, C);
+    }
     return LLMQ_OK;
 }
 
