@@ -47,7 +47,7 @@ def quant_speedup(
     min_speedup: float | None = None, *, pair: ModelPair, session: LlmqSession
 ) -> GateResult:
     """INT8 generation is at least min_speedup times faster than the reference, decided on
-    interleaved runs with a confidence interval (see the README's decision rule)."""
+    interleaved runs with a confidence interval (see the decision rule in docs/gates.md)."""
     threshold = session.settings.min_speedup if min_speedup is None else min_speedup
     return speedup_verdict(
         session.memo.speedup(pair, threshold),

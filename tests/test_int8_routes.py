@@ -165,7 +165,7 @@ def test_similar(llmq_pair):
 
 #: Each route's similarity bound on SmolLM2-135M: the defaults (mean KLD 0.01, same-top
 #: 0.95, PPL ratio 1.02) where the route meets them, else the bound its measurement in the
-#: README's "Which INT8 should I ship on CPU?" table supports, with room for 512 tokens.
+#: "Which INT8 should I ship on CPU?" table (docs/schemes.md) supports, with room for 512 tokens.
 ROUTE_BOUNDS = {
     "torchao-weight-only": "",
     "torchao-w8a8": "max_kl=0.06, min_same_top=0.85, max_ppl_ratio=1.06",

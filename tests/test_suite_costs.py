@@ -121,7 +121,7 @@ class FakeBenchmark:
 def test_a_benchmark_of_no_rounds_or_tokens_is_refused_in_one_line(pair: Any, kwargs: Any) -> None:
     from pytest_llmquant.speed.benchmark import LlmqBenchmark
 
-    bench = LlmqBenchmark(FakeBenchmark(1.0), pair, SimpleNamespace(record=RunRecord()), 8)
+    bench = LlmqBenchmark(FakeBenchmark(1.0), pair, RunRecord(), 8)
     with pytest.raises(
         ValueError, match=r"need rounds >= 1, warmup_rounds >= 0 and new_tokens >= 1"
     ):
@@ -131,11 +131,11 @@ def test_a_benchmark_of_no_rounds_or_tokens_is_refused_in_one_line(pair: Any, kw
 def test_a_speedup_is_only_computed_between_entries_of_the_same_length(pair: Any) -> None:
     from pytest_llmquant.speed.benchmark import LlmqBenchmark
 
-    session = SimpleNamespace(record=RunRecord())
-    LlmqBenchmark(FakeBenchmark(2.0), pair, session, 8).run("fp32", rounds=1, new_tokens=8)
+    record = RunRecord()
+    LlmqBenchmark(FakeBenchmark(2.0), pair, record, 8).run("fp32", rounds=1, new_tokens=8)
     longer = FakeBenchmark(1.0)
-    LlmqBenchmark(longer, pair, session, 8).run("int8", rounds=1, new_tokens=16)
+    LlmqBenchmark(longer, pair, record, 8).run("int8", rounds=1, new_tokens=16)
     assert "speedup" not in longer.extra_info
     same = FakeBenchmark(1.0)
-    LlmqBenchmark(same, pair, session, 8).run("int8", rounds=1, new_tokens=8)
+    LlmqBenchmark(same, pair, record, 8).run("int8", rounds=1, new_tokens=8)
     assert same.extra_info["speedup"] == pytest.approx(2.0)

@@ -22,13 +22,13 @@ REGISTRY: dict[str, str] = {
     "smoothquant-w8a8": "pytest_llmquant.schemes.w8a8:SmoothQuantW8A8",
 }
 
-#: Meets the target on SmolLM2-135M on a 2-core CPU (README, "INT8 schemes"): 2.2x decode
+#: Meets the target on SmolLM2-135M on a 2-core CPU (docs/schemes.md, "INT8 schemes"): 2.2x decode
 #: speedup at mean KLD 0.0011 and 98.6% same-top. ``dynamic-int8`` (the seed's recipe) is
 #: 1.8x at mean KLD 1.13, so it stays available by name only.
 DEFAULT_SCHEME = "weight-only-int8"
 #: The default where weight-only-int8's C kernel cannot be built or is disabled (macOS,
 #: arm64, no compiler, LLMQ_INT8_KERNEL=0): its torch fallback runs at 0.38x of FP32 on
-#: SmolLM2, while this one uses torch's own int8 op (README, "INT8 schemes"). Its numbers
+#: SmolLM2, while this one uses torch's own int8 op (docs/schemes.md, "INT8 schemes"). Its numbers
 #: differ, so it has its own name and baselines never mix the two.
 NO_KERNEL_SCHEME = "weight-only-int8-bf16"
 

@@ -3,7 +3,7 @@
 Correct means: Conv1D layers are converted to ``nn.Linear`` first, so GPT-2 is really
 quantized rather than only its ``lm_head``. What it keeps from the seed is the
 per-tensor dynamic activation scale, which is fast on CPU and inaccurate on LLMs
-whose activations have outlier channels (see the README). It is built on the
+whose activations have outlier channels (see docs/schemes.md). It is built on the
 deprecated ``torch.ao.quantization`` eager API, which is why it lives alone here.
 """
 

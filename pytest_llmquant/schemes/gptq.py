@@ -7,7 +7,7 @@ row one by one and spreads each rounding error over the columns not yet rounded,
 weighted by the inverse of ``H = E[x x^T]`` of the layer's real inputs, so that the
 *output* error ``(W - Q) x`` is what is minimised, not the weight error. The stored
 format does not change (int8 + one scale per row); only which integer each weight
-becomes does. Measured on SmolLM2 (README): mean KLD 0.0046 -> 0.0013.
+becomes does. Measured on SmolLM2 (docs/schemes.md): mean KLD 0.0046 -> 0.0013.
 
 Everything here is plain torch (no compiler) and row-independent: layers that read the
 same input (q/k/v, gate/up) share one ``H`` and are rounded as one matrix, and

@@ -223,7 +223,7 @@ class SmoothQuantW8A8(QuantScheme):
         "smoothing (alpha 0.5) calibrated on text, exact int32 dot products (AVX2 kernel)"
     )
     #: measured on SmolLM2-135M over the default corpus (benchmarks/schemes.py); W8A8
-    #: per token is markedly worse than weight-only, see the README's frontier table
+    #: per token is markedly worse than weight-only, see the frontier table in docs/schemes.md
     kld_bound = 0.1
 
     def __init__(self, **config: Any) -> None:

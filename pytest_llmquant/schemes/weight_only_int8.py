@@ -1,6 +1,6 @@
 """``weight-only-int8``: int8 weights with per-group float32 scales, float activations.
 
-Why this recipe (see shared/notes/int8-on-cpu.md and the README's frontier table):
+Why this recipe (see shared/notes/int8-on-cpu.md and the frontier table in docs/schemes.md):
 
 - Decode at batch 1 is a matrix-vector product and is memory-bandwidth bound, so the
   speed of an INT8 model comes from reading 1 byte per weight instead of 4. Activations

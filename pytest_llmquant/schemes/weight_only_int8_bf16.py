@@ -3,7 +3,7 @@
 Why it exists: ``weight-only-int8`` is fast only through its C kernel. Where that cannot
 be built (macOS, arm64, containers without gcc) its fallback dequantizes every weight
 on every call and runs at 0.38x of FP32 on SmolLM2-135M. This scheme needs nothing
-but torch, and every choice below was measured on SmolLM2-135M (README):
+but torch, and every choice below was measured on SmolLM2-135M (docs/schemes.md):
 
 - The only fast int8-weight CPU op in torch is ``torch._weight_int8pack_mm``: int8
   weights (N, K), one scale per output row, and *bfloat16* activations (fp32 input runs

@@ -12,7 +12,7 @@ tokens of text, and 2,048 scored tokens cost ``2,048 + windows x prefix`` token-
 What it changes in the numbers: scored tokens see between 65 and 512 tokens of context
 (before: 257 to 512), 288 on average (before: 384). Less context makes every model a
 little less sure, so PPL rises slightly for both models; the KLD and same-top of a
-weight-only INT8 model barely move (the README's "Similarity" section has the measured
+weight-only INT8 model barely move (docs/gates.md, "Similarity: what is measured", has the measured
 before/after figures).
 """
 

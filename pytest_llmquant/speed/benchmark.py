@@ -88,10 +88,10 @@ def _check(bench: Benchmark, precision: str, rounds: int, warmup: int, tokens: i
 class LlmqBenchmark:
     """What the ``llmq_benchmark`` fixture gives: ``run("fp32")`` or ``run("int8")``."""
 
-    def __init__(self, benchmark: Benchmark, pair: ModelPair, session: Medians, new_tokens: int):
+    def __init__(self, benchmark: Benchmark, pair: ModelPair, record: Medians, new_tokens: int):
         self.benchmark = benchmark
         self.pair = pair
-        self.session = session
+        self.record = record
         self.new_tokens = new_tokens
 
     def run(
@@ -146,7 +146,7 @@ class LlmqBenchmark:
         if median:
             info["ms_per_token"] = 1000 * median / tokens
             info["tokens_per_s"] = tokens / median
-            medians = self.session.benchmark_medians
+            medians = self.record.benchmark_medians
             medians[_median_key(pair, precision, tokens)] = median
             other = "fp32" if precision == "int8" else "int8"
             if other_s := medians.get(_median_key(pair, other, tokens)):
