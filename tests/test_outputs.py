@@ -172,6 +172,36 @@ def test_markdown_writes_nothing_without_target_or_results(
 # -- baselines ----------------------------------------------------------------------------------
 
 
+def speedup_result(verdict: str, *, stalled: float, others: float) -> Any:
+    """A 2.0x speedup gate result of ``verdict``, sampled with that CPU contention (an
+    inconclusive one counted as passed, so that it reaches the run record)."""
+    from pytest_llmquant.speed.timing import SpeedupResult
+    from pytest_llmquant.verdicts import speedup_verdict
+
+    result = SpeedupResult(
+        verdict=verdict, speedup=2.0, ci_low=1.8, ci_high=2.2, confidence=0.99, close=False,
+        rule="given", threshold=1.0, n_pairs=12, reference_ms_per_token=20.0,
+        int8_ms_per_token=10.0, reference_tokens_per_s=50.0, int8_tokens_per_s=100.0,
+        threads=2, new_tokens=32, prompts=4, wall_s=1.0, reference_samples=[0.02],
+        int8_samples=[0.01], cpu_cores=2, cpu_stalled=stalled, cpu_others=others,
+    )  # fmt: skip
+    return speedup_verdict(result, PAIR, min_speedup=1.0, inconclusive="pass")
+
+
+def test_a_baseline_keeps_the_cpu_contention_its_speedup_was_sampled_under() -> None:
+    data = baseline_dict(fake_record([speedup_result("pass", stalled=0.02, others=0.1)]))
+    entry = data["pairs"][PAIR]
+    assert (entry["speedup_cpu_stalled"], entry["speedup_cpu_others"]) == (0.02, 0.1)
+
+
+def test_an_inconclusive_speedup_is_not_a_baseline() -> None:
+    """The CPU was too busy to judge: that number measured the load, not the models."""
+    busy = speedup_result("inconclusive", stalled=0.9, others=1.9)
+    assert busy.measurement["verdict"] == "inconclusive"
+    entry = baseline_dict(fake_record([busy]))["pairs"].get(PAIR, {})
+    assert "speedup" not in entry and "speedup_cpu_stalled" not in entry
+
+
 def test_baseline_dict_holds_only_measured_metrics() -> None:
     data = baseline_dict(
         fake_record(all_three(PAIR) + [similarity(OTHER), memory(OTHER, kind="peak_rss")])

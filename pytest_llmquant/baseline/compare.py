@@ -75,7 +75,8 @@ _METRICS: dict[str, tuple[str, bool, str, str]] = {
     "speedup": ("speedup", False, "speedup", "{:.2f}x"),
     "memory_ratio": ("memory_ratio", False, "memory ratio (weights)", "{:.2f}x"),
 }
-_INFO_KEYS = ("speedup_ci_low", "speedup_ci_high")  # stored with speedup, never compared
+#: stored with the speedup, never compared
+_INFO_KEYS = ("speedup_ci_low", "speedup_ci_high", "speedup_cpu_stalled", "speedup_cpu_others")
 
 
 def _metric_spec(name: str) -> tuple[str, bool, str, str] | None:

@@ -2,7 +2,8 @@
 
 Only what a later run can be compared with is kept, per pair: ``mean_kld``,
 ``same_top``, ``ppl_ratio`` (similarity) each with its standard error (``<metric>_se``),
-``speedup`` with its interval, ``memory_ratio`` (weights) or ``memory_ratio_<kind>``
+``speedup`` with its interval and the CPU contention it was sampled under (an
+inconclusive speedup is not kept), ``memory_ratio`` (weights) or ``memory_ratio_<kind>``
 (other memory kinds), and ``measured_on``: what the numbers depend on besides the
 models (the evaluation text's SHA-256, the scored tokens, the window, the reference
 dtype, the device), so that a later run on another text or setting is refused rather
@@ -90,6 +91,12 @@ def _measured_on(
     return out
 
 
+def _decided_speedup(m: Mapping[str, JSONValue]) -> bool:
+    """A speedup the gate could judge: an inconclusive one (the CPU too busy) measured
+    the machine's load as much as the models, so no later run is compared with it."""
+    return m.get("verdict") != "inconclusive" and finite_number(m.get("speedup")) is not None
+
+
 def _pair_metrics(results: Iterable[GateResult]) -> dict[str, float | None]:
     """The comparable metrics of one pair's gate results.
 
@@ -108,13 +115,18 @@ def _pair_metrics(results: Iterable[GateResult]) -> dict[str, float | None]:
                     out[key] = finite_number(m.get(key))
                     if finite_number(m.get(se)) is not None:
                         out[f"{key}_se"] = finite_number(m.get(se))
-        elif r.gate == "quant_speedup" and finite_number(m.get("speedup")) is not None:
+        elif r.gate == "quant_speedup" and _decided_speedup(m):
             n = int(finite_number(m.get("n_pairs")) or 0)
             if n > best_pairs:
                 best_pairs = n
                 out["speedup"] = finite_number(m.get("speedup"))
                 out["speedup_ci_low"] = finite_number(m.get("ci_low"))
                 out["speedup_ci_high"] = finite_number(m.get("ci_high"))
+                # how busy the CPU was while it was sampled (a later run can tell why
+                # its speedup moved)
+                for key in ("cpu_stalled", "cpu_others"):
+                    if finite_number(m.get(key)) is not None:
+                        out[f"speedup_{key}"] = finite_number(m.get(key))
         elif r.gate == "quant_memory" and finite_number(m.get("ratio")) is not None:
             kind = str(m.get("kind") or r.thresholds.get("kind") or "weights")
             key = "memory_ratio" if kind == "weights" else f"memory_ratio_{kind}"
