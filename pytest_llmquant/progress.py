@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pytest
 
 #: the first line waits this long: work that ends sooner says nothing
 FIRST_AFTER_S = 2.0
@@ -24,7 +27,7 @@ class Progress:
     """A throttled line writer; ``progress(text)`` is cheap to call in a loop."""
 
     def __init__(
-        self, write: Callable[[str], Any] | None, *, clock: Callable[[], float] = time.monotonic
+        self, write: Callable[[str], object] | None, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._write = write
         self._clock = clock
@@ -53,7 +56,7 @@ class Progress:
             self._write(f"pytest-llmquant: {text} ({now - self._start:.0f} s)")
 
 
-def terminal_progress(config: Any) -> Progress:
+def terminal_progress(config: pytest.Config) -> Progress:
     """A Progress on the run's terminal, or a silent one under -q or without a terminal."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None or config.get_verbosity() < 0:

@@ -11,7 +11,6 @@ import math
 import os
 import re
 from collections.abc import Callable
-from typing import Any
 
 
 def default_threads() -> int:
@@ -23,19 +22,21 @@ def default_threads() -> int:
 
 
 # -- value checks: each returns the parsed value or raises ValueError("must be ...") ---------
+# A value is an ``object``: a command-line or ini string, an env variable, or whatever a
+# marker argument holds.
 
 
-def _number(value: Any) -> float:
+def _number(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("is a boolean")
     if isinstance(value, str):
-        value = float(value)  # "abc" raises ValueError
+        return float(value)  # "abc" raises ValueError
     if not isinstance(value, (int, float)):
         raise ValueError(f"is a {type(value).__name__}")
     return float(value)
 
 
-def _number_or_nan(value: Any) -> float:
+def _number_or_nan(value: object) -> float:
     """NaN for anything that is not a number: every range check below then refuses it."""
     try:
         return _number(value)
@@ -43,7 +44,7 @@ def _number_or_nan(value: Any) -> float:
         return math.nan
 
 
-def positive_number(value: Any) -> float:
+def positive_number(value: object) -> float:
     """A finite number > 0 (a bound on KLD, a ratio, a speedup, seconds)."""
     number = _number_or_nan(value)
     if not (math.isfinite(number) and number > 0):
@@ -51,7 +52,7 @@ def positive_number(value: Any) -> float:
     return number
 
 
-def non_negative_number(value: Any) -> float:
+def non_negative_number(value: object) -> float:
     """A finite number >= 0 (a number of standard errors: 0 turns a check off)."""
     number = _number_or_nan(value)
     if not (math.isfinite(number) and number >= 0):
@@ -59,7 +60,7 @@ def non_negative_number(value: Any) -> float:
     return number
 
 
-def fraction(value: Any) -> float:
+def fraction(value: object) -> float:
     """A share in (0, 1] (top-1 agreement)."""
     number = _number_or_nan(value)
     if not (0 < number <= 1):
@@ -67,7 +68,7 @@ def fraction(value: Any) -> float:
     return number
 
 
-def positive_int(value: Any) -> int:
+def positive_int(value: object) -> int:
     text = str(value).strip()
     if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
         raise ValueError("must be a positive integer")
@@ -77,7 +78,7 @@ def positive_int(value: Any) -> int:
 _DEVICE = re.compile(r"(cpu|cuda(:[0-9]+)?|mps|xpu(:[0-9]+)?)")
 
 
-def device(value: Any) -> str:
+def device(value: object) -> str:
     text = str(value).strip()
     if not _DEVICE.fullmatch(text):
         raise ValueError("must be a device like cpu, cuda or cuda:1")
@@ -87,25 +88,25 @@ def device(value: Any) -> str:
 REFERENCE_DTYPES = ("float32", "bfloat16", "float16")
 
 
-def reference_dtype(value: Any) -> str:
+def reference_dtype(value: object) -> str:
     text = str(value).strip().lower()
     if text not in REFERENCE_DTYPES:
         raise ValueError(f"must be one of {', '.join(REFERENCE_DTYPES)}")
     return text
 
 
-def text(value: Any) -> str:
+def text(value: object) -> str:
     return str(value).strip()
 
 
-def existing_file(value: Any) -> str:
+def existing_file(value: object) -> str:
     path = os.path.expanduser(str(value).strip())
     if not os.path.isfile(path):
         raise ValueError("must be an existing file (no such file)")
     return path
 
 
-def writable_path(value: Any) -> str:
+def writable_path(value: object) -> str:
     path = os.path.expanduser(str(value).strip())
     parent = os.path.dirname(os.path.abspath(path))
     if not path or os.path.isdir(path) or not os.path.isdir(parent):
@@ -113,14 +114,14 @@ def writable_path(value: Any) -> str:
     return path
 
 
-def directory(value: Any) -> str:
+def directory(value: object) -> str:
     path = os.path.expanduser(str(value).strip())
     if not path or (os.path.exists(path) and not os.path.isdir(path)):
         raise ValueError("must be a directory (it is a file)")
     return path
 
 
-def boolean(value: Any) -> bool:
+def boolean(value: object) -> bool:
     if isinstance(value, bool):
         return value
     word = str(value).strip().lower()
@@ -132,7 +133,7 @@ def boolean(value: Any) -> bool:
 
 
 #: The marker-argument checks, by argument name; the CLI/env/ini values use the same ones.
-THRESHOLDS: dict[str, Callable[[Any], float]] = {
+THRESHOLDS: dict[str, Callable[[object], float]] = {
     "max_kl": positive_number,
     "min_same_top": fraction,
     "max_ppl_ratio": positive_number,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ from .setting_checks import (
 SPEED_INCONCLUSIVE = ("fail", "skip", "pass")
 
 
-def _one_of(value: Any, choices: tuple[str, ...]) -> str:
+def _one_of(value: object, choices: tuple[str, ...]) -> str:
     text = str(value).strip().lower()
     if text not in choices:
         raise ValueError(f"must be one of {', '.join(choices)}")
@@ -55,7 +55,8 @@ def _one_of(value: Any, choices: tuple[str, ...]) -> str:
 class Option:
     name: str  # attribute of Settings; the ini key is "llmq_" + name
     help: str
-    check: Callable[[Any], Any] = text
+    check: Callable[[object], object] = text  # the parsed value, or ValueError
+    #: Any: a tuple, a number, a string or None, read into Settings fields of those types
     default: Any = None
     multiple: bool = False  # repeatable flag / comma-separated / ini "linelist"
     flag: bool = False  # a boolean switch
@@ -304,7 +305,7 @@ class Settings:
 DEFAULTS = Settings()
 
 
-def _split(values: Any, commas: bool) -> list[str]:
+def _split(values: Iterable[object], commas: bool) -> list[str]:
     out: list[str] = []
     for v in values:
         parts = str(v).split(",") if commas else [str(v)]
@@ -329,7 +330,7 @@ def _raw(config: pytest.Config, opt: Option) -> tuple[Any, str, str]:
 _WHERE = {"CLI": "on the command line", "env": "in the environment", "ini": "in the ini file"}
 
 
-def _bad(opt: Option, label: str, origin: str, raw: Any, why: str) -> LlmqUsageError:
+def _bad(opt: Option, label: str, origin: str, raw: object, why: str) -> LlmqUsageError:
     shown = raw if not isinstance(raw, list) else ",".join(map(str, raw))
     example = f" (e.g. {opt.cli}={opt.example})" if opt.example else ""
     return LlmqUsageError(f"{label}={shown!r} {_WHERE[origin]}: {why}; {opt.fix}{example}")
@@ -375,7 +376,7 @@ def resolve(config: pytest.Config) -> Settings:
     return Settings(**values, origin=origin)
 
 
-def threshold(name: str, value: Any, where: str, example: str) -> float:
+def threshold(name: str, value: object, where: str, example: str) -> float:
     """Check one marker argument with the CLI's check (the same range, the same words)."""
     try:  # a marker argument is a Python number, never text: "1.2" is refused like "fast"
         return THRESHOLDS[name](math.nan if isinstance(value, str) else value)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from typing import TYPE_CHECKING, Any
 
 from hypothesis import HealthCheck, settings
@@ -165,7 +165,7 @@ def prompts(min_size: int = 1, max_size: int = 200) -> SearchStrategy[str]:
     ).map(finish)
 
 
-def special_token_ids(tokenizer: Any) -> frozenset[int]:
+def special_token_ids(tokenizer: object) -> frozenset[int]:
     """Ids of the tokenizer's special tokens (BOS, EOS, PAD, UNK, added special tokens).
 
     Models are trained on few of these in running text, and many (PAD, UNK) have
@@ -178,7 +178,7 @@ def special_token_ids(tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-def token_ids(tokenizer: Any, min_len: int = 1, max_len: int = 64) -> SearchStrategy[list[int]]:
+def token_ids(tokenizer: object, min_len: int = 1, max_len: int = 64) -> SearchStrategy[list[int]]:
     """Lists of ``min_len`` to ``max_len`` ids valid for ``tokenizer``, special ids excluded.
 
     Valid means ``0 <= id < len(tokenizer)`` (``len`` counts added tokens, unlike
@@ -190,12 +190,11 @@ def token_ids(tokenizer: Any, min_len: int = 1, max_len: int = 64) -> SearchStra
         raise InvalidArgument(
             f"token_ids(min_len={min_len}, max_len={max_len}): need 0 <= min_len <= max_len"
         )
-    try:
-        size = len(tokenizer)
-    except TypeError:
+    if not isinstance(tokenizer, Sized):
         raise InvalidArgument(
             f"token_ids: {type(tokenizer).__name__} has no len(); pass a transformers tokenizer"
-        ) from None
+        )
+    size = len(tokenizer)
     special = special_token_ids(tokenizer)
     allowed = [i for i in range(size) if i not in special]
     if not allowed:
@@ -203,7 +202,7 @@ def token_ids(tokenizer: Any, min_len: int = 1, max_len: int = 64) -> SearchStra
     return st.lists(st.sampled_from(allowed), min_size=min_len, max_size=max_len)
 
 
-def generation_configs(max_new_tokens: int = 16) -> SearchStrategy[dict[str, Any]]:
+def generation_configs(max_new_tokens: int = 16) -> SearchStrategy[dict[str, object]]:
     """Keyword arguments for ``model.generate``: greedy, or sampling with a fixed seed.
 
     Greedy configs are ``{"do_sample": False, "max_new_tokens": n}``. Sampling configs

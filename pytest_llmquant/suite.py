@@ -237,10 +237,10 @@ def prompt_property(llmq_pair: ModelPair, request: pytest.FixtureRequest) -> Non
     @given(batch=batches)
     def check(batch: list[str]) -> None:
         for prompt, found in zip(batch, next_token_divergences(llmq_pair, batch), strict=True):
-            kld, top_fp32, top_int8, topk = found
-            assert kld <= PROMPT_MAX_KL and top_fp32 in topk, (
+            kld, top_reference, top_int8, topk = found
+            assert kld <= PROMPT_MAX_KL and top_reference in topk, (
                 f"prompt {prompt!r}: next-token KLD {kld:.3g} (bound {PROMPT_MAX_KL}); FP32 top "
-                f"{tok.decode([top_fp32])!r} vs INT8 top {tok.decode([top_int8])!r}"
+                f"{tok.decode([top_reference])!r} vs INT8 top {tok.decode([top_int8])!r}"
             )
 
     check()

@@ -37,6 +37,6 @@ class Tokenizer(Protocol):
         """Token ids back to text."""
         ...
 
-    def save_pretrained(self, directory: str) -> Any:
+    def save_pretrained(self, directory: str) -> object:
         """Write the tokenizer files (a probe process loads them)."""
         ...

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import LlmqSkip
 
 if TYPE_CHECKING:
+    from .memory import MemoryResult
+    from .similarity.metrics import SimilarityResult
     from .speed.timing import SpeedupResult
 
 
@@ -22,7 +24,7 @@ class Row:
     """One line of the summary table."""
 
     metric: str
-    fp32: str
+    reference: str  # the reference's column (rows of reports before 0.2 call it "fp32")
     int8: str
     ratio: str
     threshold: str
@@ -70,7 +72,14 @@ class GateResult:
 def result_from_dict(data: dict[str, Any]) -> GateResult:
     """Rebuild a result sent from an xdist worker (see the plugin's logreport hook)."""
     rows = [
-        Row(r["metric"], r["fp32"], r["int8"], r["ratio"], r["threshold"], r["ok"])
+        Row(
+            r["metric"],
+            r.get("reference", r.get("fp32", "")),
+            r["int8"],
+            r["ratio"],
+            r["threshold"],
+            r["ok"],
+        )
         for r in data.get("rows", [])
     ]
     return GateResult(
@@ -90,7 +99,7 @@ def result_from_dict(data: dict[str, Any]) -> GateResult:
 
 def format_table(rows: list[Row], reference: str = "FP32") -> str:
     header = ("metric", reference, "INT8", "ratio", "threshold", "verdict")
-    body = [(r.metric, r.fp32, r.int8, r.ratio, r.threshold, r.verdict) for r in rows]
+    body = [(r.metric, r.reference, r.int8, r.ratio, r.threshold, r.verdict) for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
     lines = [
         "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=False)).rstrip()
@@ -131,27 +140,15 @@ def _vs_g(value: float, bound: float, digits: int = 2) -> str:
 # -- similarity -------------------------------------------------------------------
 
 
-def similarity_verdict(
-    result: Any, pair: str, *, max_kl: float, min_same_top: float, max_ppl_ratio: float
-) -> GateResult:
-    r = result
-    kl_ok = r.mean_kld <= max_kl
-    top_ok = r.same_top >= min_same_top
-    ppl_ok = r.ppl_ratio <= max_ppl_ratio
-    parts = {
-        "kl": f"mean KLD {_vs_g(r.mean_kld, max_kl)} ± {_g(r.kld_se, 1)} {'≤' if kl_ok else '>'} {_g(max_kl)}",
-        "top": f"same-top {_vs(r.same_top, min_same_top, 3)} ± {r.same_top_se:.3f} {'≥' if top_ok else '<'} {_g(min_same_top)}",
-        "ppl": f"PPL {r.ppl_fp32:.2f} → {r.ppl_int8:.2f} (ratio {_vs(r.ppl_ratio, max_ppl_ratio)} "
-        f"{'≤' if ppl_ok else '>'} {_g(max_ppl_ratio)})",
-    }
-    oks = {"kl": kl_ok, "top": top_ok, "ppl": ppl_ok}
-    passed = all(oks.values())
-    shown = [parts[k] for k in parts if not oks[k]] if not passed else list(parts.values())
-    message = (
-        f"quant_similarity {'passed' if passed else 'failed'} for {pair}: "
-        + "; ".join(shown)
-        + f" (over {r.n_tokens} tokens)"
-    )
+def _similarity_rows(
+    r: SimilarityResult,
+    max_kl: float,
+    min_same_top: float,
+    max_ppl_ratio: float,
+    oks: tuple[bool, bool, bool],
+) -> list[Row]:
+    """The summary table of a similarity measurement: the three bounds, then information."""
+    kl_ok, top_ok, ppl_ok = oks
     greedy = getattr(r, "greedy_match", None)
     rows = [
         Row("mean KLD", "", f"{_g(r.mean_kld)} ± {_g(r.kld_se, 2)}", "", f"≤ {_g(max_kl)}", kl_ok),
@@ -176,6 +173,36 @@ def similarity_verdict(
     ]
     if greedy is not None:
         rows.append(Row("greedy token match", "", f"{greedy:.3f}", "", "", None))
+    return rows
+
+
+def similarity_verdict(
+    result: SimilarityResult,
+    pair: str,
+    *,
+    max_kl: float,
+    min_same_top: float,
+    max_ppl_ratio: float,
+) -> GateResult:
+    r = result
+    kl_ok = r.mean_kld <= max_kl
+    top_ok = r.same_top >= min_same_top
+    ppl_ok = r.ppl_ratio <= max_ppl_ratio
+    parts = {
+        "kl": f"mean KLD {_vs_g(r.mean_kld, max_kl)} ± {_g(r.kld_se, 1)} {'≤' if kl_ok else '>'} {_g(max_kl)}",
+        "top": f"same-top {_vs(r.same_top, min_same_top, 3)} ± {r.same_top_se:.3f} {'≥' if top_ok else '<'} {_g(min_same_top)}",
+        "ppl": f"PPL {r.ppl_fp32:.2f} → {r.ppl_int8:.2f} (ratio {_vs(r.ppl_ratio, max_ppl_ratio)} "
+        f"{'≤' if ppl_ok else '>'} {_g(max_ppl_ratio)})",
+    }
+    oks = {"kl": kl_ok, "top": top_ok, "ppl": ppl_ok}
+    passed = all(oks.values())
+    shown = [parts[k] for k in parts if not oks[k]] if not passed else list(parts.values())
+    message = (
+        f"quant_similarity {'passed' if passed else 'failed'} for {pair}: "
+        + "; ".join(shown)
+        + f" (over {r.n_tokens} tokens)"
+    )
+    rows = _similarity_rows(r, max_kl, min_same_top, max_ppl_ratio, (kl_ok, top_ok, ppl_ok))
     # what the numbers were measured on (text hash, window, reference dtype, device),
     # flat in the measurement, so a baseline can refuse other settings
     measurement = _as_dict(r)
@@ -294,7 +321,9 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def memory_verdict(result: Any, pair: str, *, min_ratio: float, bits: int | None = 8) -> GateResult:
+def memory_verdict(
+    result: MemoryResult, pair: str, *, min_ratio: float, bits: int | None = 8
+) -> GateResult:
     r = result
     passed = r.ratio >= min_ratio
     message = (
@@ -328,7 +357,7 @@ def memory_verdict(result: Any, pair: str, *, min_ratio: float, bits: int | None
     )
 
 
-def _as_dict(result: Any) -> dict[str, Any]:
+def _as_dict(result: object) -> dict[str, Any]:
     if hasattr(result, "as_dict"):
         return dict(result.as_dict())
     return {k: v for k, v in vars(result).items() if not k.startswith("_")}

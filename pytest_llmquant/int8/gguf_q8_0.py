@@ -24,6 +24,7 @@ and :func:`pytest_llmquant.layers.coverage` reports it as kept in float.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -109,7 +110,7 @@ def describe_gguf(path: str | Path) -> tuple[str, int, dict[str, int]]:
 
 
 def _check_same_model(
-    gguf_config: dict[str, object], config: PretrainedConfig | None, path: str | Path
+    gguf_config: Mapping[str, object], config: PretrainedConfig | None, path: str | Path
 ) -> None:
     """Refuse a GGUF of another model before its tensors are read (one clear line, not a
     shape error deep inside the load)."""

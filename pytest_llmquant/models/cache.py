@@ -21,9 +21,8 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 MANIFEST = "llmq-cache.json"
 FORMAT_VERSION = 1
@@ -96,7 +95,7 @@ class ModelCache:
         digest = hashlib.sha256(f"{namespace}\0{identity}".encode()).hexdigest()[:32]
         return self.root / namespace / digest
 
-    def _problem(self, entry: Path, fingerprint: dict[str, Any]) -> str | None:
+    def _problem(self, entry: Path, fingerprint: Mapping[str, object]) -> str | None:
         """None when the entry is valid, else what is wrong with it."""
         try:
             manifest = json.loads((entry / MANIFEST).read_text(encoding="utf-8"))
@@ -118,7 +117,7 @@ class ModelCache:
         self,
         namespace: str,
         identity: str,
-        fingerprint: dict[str, Any],
+        fingerprint: Mapping[str, object],
         build: Callable[[Path], None],
     ) -> Path:
         """Return a valid entry directory for ``identity``, building it at most once."""
@@ -166,7 +165,7 @@ class ModelCache:
             warn_once(f"cache entry for {identity} {problem}; rebuilding it")
             shutil.rmtree(entry, ignore_errors=True)
 
-    def prune(self, namespace: str, keep: Callable[[dict[str, Any]], bool]) -> int:
+    def prune(self, namespace: str, keep: Callable[[Mapping[str, object]], bool]) -> int:
         """Delete the entries of ``namespace`` whose manifest ``keep`` rejects (say, ones
         made from a model file that no longer exists); an entry being built or checked by
         another process (its lock held) is left alone, and lock files are kept (deleting

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -102,7 +102,9 @@ def encode_prompt(
     return ids[len(ids) - kept_length(len(ids), context, new_tokens) :]
 
 
-def fit_to_context(inputs: Mapping[str, Any], model: object, new_tokens: int = 0) -> dict[str, Any]:
+def fit_to_context(
+    inputs: Mapping[str, torch.Tensor], model: object, new_tokens: int = 0
+) -> dict[str, torch.Tensor]:
     """Left-truncate tokenizer output (a mapping with ``input_ids`` tensors) so that prompt
     plus ``new_tokens`` fits the context of ``model``."""
     ids = inputs["input_ids"]

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import LlmqUsageError
 from ..versions import library_versions
@@ -22,7 +22,13 @@ from .cache import ModelCache
 from .sources import ModelSource, resolve
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     from ..progress import Progress
+    from ..types import CausalLM, Tokenizer
+
+#: what loading gives: the model and its tokenizer, as transformers made them
+Loaded = tuple["PreTrainedModel", "PreTrainedTokenizerBase"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -158,7 +164,7 @@ def load_pretrained(
     trust_remote_code: bool,
     dtype: str = "float32",
     check_causal: bool = True,
-) -> tuple[Any, Any]:
+) -> Loaded:
     """Model and tokenizer from safetensors. ``check_causal=False`` only for a directory this
     plugin wrote itself (a cache entry), whose architecture was checked when it was made."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -173,7 +179,7 @@ def load_pretrained(
     return model, tokenizer
 
 
-def _gguf_fingerprint(path: str) -> dict[str, Any]:
+def _gguf_fingerprint(path: str) -> dict[str, object]:
     st = os.stat(path)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, **library_versions()}
 
@@ -184,7 +190,7 @@ def _load_gguf_cached(
     trust_remote_code: bool,
     progress: Progress | None,
     dtype: str,
-) -> tuple[Any, Any]:
+) -> Loaded:
     """Converting a GGUF costs seconds (see :mod:`.formats.gguf.fp32`); do it once and keep
     FP32 safetensors, which later sessions memory-map."""
 
@@ -204,7 +210,9 @@ def _load_gguf_cached(
     )
 
 
-def _finish(model: Any, tokenizer: Any, device: str) -> tuple[Any, Any]:
+def _finish(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: str
+) -> tuple[CausalLM, Tokenizer]:
     """Normalise what tests rely on: eval mode, a pad token, a generation config."""
     from transformers import GenerationConfig
 
@@ -218,12 +226,14 @@ def _finish(model: Any, tokenizer: Any, device: str) -> tuple[Any, Any]:
     if model.generation_config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     try:
-        model = model.to(device)
+        # transformers' own .to (it refuses some quantized models); its stub is a wrapper's
+        moved: CausalLM = model.to(device)  # type: ignore[arg-type]
     except (RuntimeError, AssertionError) as exc:
         raise LlmqUsageError(
             f"--llmq-device={device} is not usable here ({exc}); pass --llmq-device=cpu"
         ) from None
-    return model.eval(), tokenizer
+    # a transformers tokenizer is a Tokenizer (its token ids are read-only properties there)
+    return moved.eval(), cast("Tokenizer", tokenizer)
 
 
 def load_fp32(
@@ -235,7 +245,7 @@ def load_fp32(
     cache: ModelCache | None = None,
     progress: Progress | None = None,
     dtype: str = "float32",
-) -> tuple[Any, Any]:
+) -> tuple[CausalLM, Tokenizer]:
     """The reference model (eval mode, ``dtype``: float32 unless asked) and its tokenizer
     for one ``--llmq-model`` value. A GGUF is converted to FP32 once and cached; another
     precision is cast from that on load."""

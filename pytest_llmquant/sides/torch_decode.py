@@ -20,23 +20,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..types import CausalLM
+
+#: a KV cache as the model returns it (a transformers ``Cache``, or legacy tuples): only
+#: handed back to the model, never read here
+KVCache = object
 
 
-def _sync(device: Any) -> None:
+def _sync(device: torch.device | None) -> None:
     if getattr(device, "type", None) == "cuda":
         import torch
 
         torch.cuda.synchronize(device)
 
 
-def _cache_of(model: Any, out: Any) -> tuple[str, Any]:
+def _cache_of(model: object, out: Mapping[str, KVCache]) -> tuple[str, KVCache]:
     """``(keyword, cache)`` from a forward's output: transformers >= 5.2x names the KV cache
     ``cache``, older releases ``past_key_values``; the output field is named like the
     input keyword that takes the cache back."""
     from ..errors import LlmqModelError
 
-    keys = out.keys() if hasattr(out, "keys") else ()
+    keys = out.keys() if hasattr(out, "keys") else ()  # a ModelOutput is a Mapping
     for name in ("cache", "past_key_values"):
         if name in keys and out[name] is not None:
             return name, out[name]
@@ -52,8 +61,8 @@ class DecodeStream:
 
     def __init__(
         self,
-        model: Any,
-        prompts: Sequence[Mapping[str, Any]],
+        model: CausalLM,
+        prompts: Sequence[Mapping[str, torch.Tensor]],
         *,
         steps_per_prompt: int,
         clock: Callable[[], float] = time.perf_counter,
@@ -66,13 +75,13 @@ class DecodeStream:
         self.clock = clock
         self.device = getattr(model, "device", None)
         self.keyword = "cache"  # set from the first prefill's output
-        self.cache: Any = None
-        self.token: Any = None
+        self.cache: KVCache = None
+        self.token: torch.Tensor | None = None
         self.prompt: int | None = None
         self.steps = 0  # decode steps since the last prefill
         self.positions = 0  # tokens in the cache
 
-    def _forward(self, **kwargs: Any) -> Any:
+    def _forward(self, **kwargs: object) -> tuple[torch.Tensor, KVCache]:
         out = self.model(**kwargs, use_cache=True)
         self.keyword, cache = _cache_of(self.model, out)
         return out.logits[:, -1:].argmax(-1), cache

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -55,13 +55,13 @@ QPARAM_BYTES = 4 + 4
 class _Piece:
     """One counted allocation: ``key`` identifies its storage for de-duplication."""
 
-    key: tuple[Any, ...]
+    key: tuple[Hashable, ...]
     nbytes: int
     dtype: str
     role: str
     #: the tensor itself, kept alive until counting ends so that no address is reused
     #: by a temporary (``_weight_bias()`` may build fresh tensors on some backends)
-    ref: Any = field(default=None, compare=False, repr=False)
+    ref: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
 
 def _is_int8_like(t: torch.Tensor) -> bool:
@@ -145,7 +145,7 @@ def _local_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     yield from module.named_parameters(recurse=False)
     yield from ((n, b) for n, b in module.named_buffers(recurse=False) if b is not None)
     if type(module)._save_to_state_dict is not nn.Module._save_to_state_dict:
-        extra: dict[str, Any] = {}
+        extra: dict[str, object] = {}
         try:
             module._save_to_state_dict(extra, "", keep_vars=True)
         except Exception:  # a module whose state cannot be read this way: skip the extras
@@ -189,7 +189,7 @@ def _walk(model: nn.Module) -> Iterator[_Piece]:
 
 
 def _unique(model: nn.Module) -> list[_Piece]:
-    seen: set[tuple[Any, ...]] = set()
+    seen: set[tuple[Hashable, ...]] = set()
     out: list[_Piece] = []
     for piece in _walk(model):
         if piece.key not in seen:

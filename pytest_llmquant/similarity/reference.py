@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,7 +113,7 @@ def source_fingerprint(
     return {"hub_commit": commit} if isinstance(commit, str) and commit else None
 
 
-def _source_still_exists(manifest: dict[str, object]) -> bool:
+def _source_still_exists(manifest: Mapping[str, object]) -> bool:
     fingerprint = manifest.get("fingerprint")
     path = fingerprint.get("path") if isinstance(fingerprint, dict) else None
     return not isinstance(path, str) or os.path.exists(path)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .header import GGUFHeader, read_header
-from .transformers_map import dequantize_into, weights_map
+from .transformers_map import Made, dequantize_into, weights_map
 
 
 def _quiet(text: str) -> None:
@@ -103,7 +103,7 @@ def _convert(header: GGUFHeader, path: Path, directory: Path, say: Callable[[str
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     processor = gguf_utils.TENSOR_PROCESSORS.get(arch, gguf_utils.TensorProcessor)(config=parsed)
     mapping = weights_map(model, processor)
-    made: dict[str, dict[str, Any]] = {"tensors": {}}
+    made: Made = {"tensors": {}}
     total = len(header.tensors)
     for i, tensor in enumerate(header.tensors, 1):
         say(f"dequantizing GGUF tensors to FP32: {i} of {total}")

@@ -21,7 +21,14 @@ import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    import numpy
+    from gguf import GGMLQuantizationType
+
+#: a metadata value: a number, a string, or an array of them (None: an array too long to keep)
+GGUFValue: TypeAlias = "int | float | str | list[GGUFValue] | None"
 
 #: value types with a fixed size: struct format by GGUF type id
 _SCALARS = {
@@ -52,10 +59,12 @@ class GGUFTensor:
     name: str
     type_name: str  # GGMLQuantizationType name ("Q8_0", "F32", ...), or "type<N>" if unknown
     shape: tuple[int, ...]  # torch order: rows first (GGML lists the fastest dimension first)
-    data: Any  # numpy uint8 view (..., bytes per row), as GGUFReader gives it; None if unknown type
+    data: (
+        numpy.ndarray | None
+    )  # numpy uint8 view (..., bytes per row), as GGUFReader gives it; None if unknown type
 
     @property
-    def qtype(self) -> Any:
+    def qtype(self) -> GGMLQuantizationType:
         from gguf import GGMLQuantizationType
 
         return GGMLQuantizationType[self.type_name]
@@ -65,15 +74,28 @@ class GGUFTensor:
 class GGUFHeader:
     version: int
     #: metadata: scalars, strings, and arrays up to MAX_KEPT_ARRAY items (longer: None)
-    fields: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, GGUFValue] = field(default_factory=dict)
     tensors: list[GGUFTensor] = field(default_factory=list)
 
 
 class _Cursor:
-    def __init__(self, buf: Any) -> None:
+    def __init__(self, buf: bytes | mmap.mmap) -> None:
         self.buf, self.pos = buf, 0
 
-    def unpack(self, fmt: str) -> Any:
+    def unpack(self, fmt: str) -> int:
+        """One integer field (the lengths and ids of the header); floats go through _scalar."""
+        value = self._scalar(fmt)
+        if not isinstance(value, int):  # a caller's mistake (a float format), never the file's
+            raise TypeError(f"unpack({fmt!r}) is for integer fields")
+        return value
+
+    def magic(self) -> bytes:
+        """The file's first four bytes."""
+        raw = bytes(self.buf[self.pos : self.pos + 4])
+        self.pos += len(raw)
+        return raw
+
+    def _scalar(self, fmt: str) -> int | float:
         size = struct.calcsize("<" + fmt)
         if self.pos + size > len(self.buf):
             raise GGUFFormatError(f"the header ends early (at byte {self.pos})")
@@ -92,9 +114,9 @@ class _Cursor:
         except UnicodeDecodeError:
             raise GGUFFormatError(f"a string is not UTF-8 (at byte {self.pos - n})") from None
 
-    def value(self, vtype: int) -> Any:
+    def value(self, vtype: int) -> GGUFValue:
         if vtype in _SCALARS:
-            return self.unpack(_SCALARS[vtype])
+            return self._scalar(_SCALARS[vtype])
         if vtype == _STRING:
             return self.string()
         if vtype != _ARRAY:
@@ -129,7 +151,7 @@ def read_header(path: str | Path) -> GGUFHeader:
         except ValueError:  # an empty file cannot be mapped
             raise GGUFFormatError("the file is empty") from None
     cur = _Cursor(buf)
-    if cur.unpack("4s") != b"GGUF":
+    if cur.magic() != b"GGUF":
         raise GGUFFormatError("it does not start with 'GGUF'")
     version = cur.unpack("I")
     if version not in (2, 3):

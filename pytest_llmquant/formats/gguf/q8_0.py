@@ -74,6 +74,8 @@ def q8_0_blocks(tensor: GGUFTensor, path: str | Path) -> tuple[torch.Tensor, tor
     import torch
 
     rows = tensor.shape[0]
+    if tensor.data is None:  # only a type the reader does not know has no data
+        raise LlmqUsageError(f"{_option(path)}: tensor {tensor.name} is not readable as Q8_0")
     blocks = tensor.data.reshape(rows, -1, _Q8_0_BYTES)  # uint8, memory-mapped
     scales = np.ascontiguousarray(blocks[:, :, :2]).view(np.float16)[:, :, 0].astype(np.float32)
     q = np.ascontiguousarray(blocks[:, :, 2:]).view(np.int8).reshape(rows, -1)

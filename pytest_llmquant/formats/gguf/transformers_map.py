@@ -13,9 +13,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
+    import numpy
+    import torch
     from torch import nn
+    from transformers.modeling_gguf_pytorch_utils import TensorProcessor
 
-    from .header import GGUFHeader
+    from .header import GGUFHeader, GGUFTensor, GGUFValue
+
+#: what the tensor processors build: ``{"tensors": {transformers name: float32 tensor}}``
+Made = dict[str, dict[str, "torch.Tensor"]]
 
 #: the narrow probe of :func:`row_order` (one Q8_0 block wide)
 _PROBE_WIDTH = 32
@@ -38,7 +44,9 @@ def transformers_architecture(arch: str) -> str | None:
     return None
 
 
-def row_order(processor: Any, name: str, shape: tuple[int, int], mapping: dict[str, str]) -> Any:
+def row_order(
+    processor: TensorProcessor, name: str, shape: tuple[int, int], mapping: dict[str, str]
+) -> tuple[str, numpy.ndarray | None] | None:
     """How transformers' processor moves the rows of tensor ``name``: ``(new name, order)``
     with ``order`` None when it leaves them in place, or None when it does anything other
     than permute whole rows (then Q8_0 blocks cannot follow losslessly).
@@ -72,7 +80,7 @@ def row_order(processor: Any, name: str, shape: tuple[int, int], mapping: dict[s
     return None
 
 
-def hparams_from_header(header: GGUFHeader, arch: str) -> dict[str, Any]:
+def hparams_from_header(header: GGUFHeader, arch: str) -> dict[str, GGUFValue]:
     """The model hyper-parameters in the GGUF header under transformers' config names
     (``llama.attention.head_count`` -> ``num_attention_heads``, ...), read with transformers'
     own key table: its tensor processors take them as their config (llama's Q/K permutation
@@ -81,7 +89,7 @@ def hparams_from_header(header: GGUFHeader, arch: str) -> dict[str, Any]:
 
     table = cast(dict[str, dict[str, Any]], GGUF_CONFIG_MAPPING)
     renames = table.get(transformers_architecture(arch) or arch, {})
-    hparams: dict[str, Any] = {}
+    hparams: dict[str, GGUFValue] = {}
     for key, value in header.fields.items():
         prefix, _, rest = key.partition(".")
         if prefix == arch and isinstance(renames.get(rest), str):
@@ -89,7 +97,7 @@ def hparams_from_header(header: GGUFHeader, arch: str) -> dict[str, Any]:
     return hparams
 
 
-def weights_map(model: nn.Module, processor: Any) -> dict[str, str]:
+def weights_map(model: nn.Module, processor: TensorProcessor) -> dict[str, str]:
     """GGUF tensor name -> parameter name, by transformers' ``get_gguf_hf_weights_map``.
 
     That function walks every submodule and builds gguf's name table anew at each of them
@@ -116,7 +124,7 @@ def weights_map(model: nn.Module, processor: Any) -> dict[str, str]:
 
 
 def dequantize_into(
-    processor: Any, tensor: Any, mapping: dict[str, str], made: dict[str, Any]
+    processor: TensorProcessor, tensor: GGUFTensor, mapping: dict[str, str], made: Made
 ) -> str:
     """Dequantize one GGUF tensor and store it, float32, under its transformers name in
     ``made["tensors"]``, exactly as transformers' GGUF loader processes it (renames,
@@ -125,6 +133,10 @@ def dequantize_into(
     import torch
     from gguf.quants import dequantize
 
+    if tensor.data is None:
+        raise ValueError(
+            f"GGUF tensor {tensor.name} has type {tensor.type_name}, which gguf cannot read"
+        )
     result = processor.process(
         weights=dequantize(tensor.data, tensor.qtype),
         name=tensor.name,
