@@ -7,7 +7,7 @@ The modules are imported only when a scheme is asked for, so listing names
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import LlmqUsageError
 
@@ -50,7 +50,7 @@ def check_name(name: str) -> None:
         raise LlmqUsageError(f"unknown --llmq-scheme {name!r}; valid schemes: {', '.join(names())}")
 
 
-def get_scheme(name: str, **config: Any) -> QuantScheme:
+def get_scheme(name: str, **config: object) -> QuantScheme:
     check_name(name)
     module_name, _, cls_name = REGISTRY[name].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from ..errors import LlmqUsageError
 
@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 RECIPE_FILE = "llmq-recipe.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "pytest-llmquant/int8"
+
+#: JSON read from a recipe file or written to it (one layer's metadata, a whole recipe):
+#: each scheme reads its own keys, with the types it wrote (hence Any, in this one place)
+Recipe: TypeAlias = "dict[str, Any]"
 
 
 class QuantScheme:
@@ -42,8 +46,9 @@ class QuantScheme:
     #: place (SmoothQuant) must leave this False.
     shares_float_weights: ClassVar[bool] = False
 
-    def __init__(self, **config: Any) -> None:
-        self.config = dict(config)
+    def __init__(self, **config: object) -> None:
+        #: the user's keywords as given (JSON-ready: they go into the recipe)
+        self.config: Recipe = dict(config)
 
     # -- lifecycle -------------------------------------------------------------
     def check_device(self, device: str) -> None:
@@ -61,7 +66,7 @@ class QuantScheme:
         """Quantize ``model`` (a private copy) and return it. Conv1D must be covered."""
         raise NotImplementedError
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> Recipe:
         return {
             "scheme": self.name,
             "version": self.version,
@@ -70,15 +75,11 @@ class QuantScheme:
         }
 
     # -- serialization -----------------------------------------------------------
-    def state_tensors(
-        self, name: str, module: nn.Module
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def state_tensors(self, name: str, module: nn.Module) -> tuple[dict[str, torch.Tensor], Recipe]:
         """Plain tensors (int8 weights, scales, bias) and JSON metadata for one quantized layer."""
         raise NotImplementedError
 
-    def module_from_tensors(
-        self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-    ) -> nn.Module:
+    def module_from_tensors(self, tensors: dict[str, torch.Tensor], meta: Recipe) -> nn.Module:
         """Rebuild one quantized layer from what ``state_tensors`` returned."""
         raise NotImplementedError
 
@@ -91,7 +92,7 @@ class QuantScheme:
         save_int8(self, model, Path(directory))
 
     @classmethod
-    def read_recipe(cls, directory: str | Path) -> dict[str, Any]:
+    def read_recipe(cls, directory: str | Path) -> Recipe:
         path = Path(directory) / RECIPE_FILE
         try:
             recipe = json.loads(path.read_text(encoding="utf-8"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..layers import convert_conv1d
-from .base import QuantScheme
+from .base import QuantScheme, Recipe
 
 if TYPE_CHECKING:
     import torch
@@ -50,9 +50,7 @@ class DynamicInt8(QuantScheme):
     def is_quantized_module(self, module: nn.Module) -> bool:
         return type(module) is _dynamic_linear_type()
 
-    def state_tensors(
-        self, name: str, module: Any
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def state_tensors(self, name: str, module: Any) -> tuple[dict[str, torch.Tensor], Recipe]:
         weight, bias = module._packed_params._weight_bias()
         parts = {"weight_int8": weight.int_repr()}
         if bias is not None:
@@ -66,9 +64,7 @@ class DynamicInt8(QuantScheme):
         }
         return parts, meta
 
-    def module_from_tensors(
-        self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-    ) -> nn.Module:
+    def module_from_tensors(self, tensors: dict[str, torch.Tensor], meta: Recipe) -> nn.Module:
         import torch
 
         linear = _dynamic_linear_type()(

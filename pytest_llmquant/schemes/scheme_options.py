@@ -3,14 +3,16 @@ means the same thing to every scheme that takes it."""
 
 from __future__ import annotations
 
-from typing import Any
 
-
-def group_size_option(value: Any) -> int | None:
+def group_size_option(value: object) -> int | None:
     """``group_size`` as given by a user: an int >= 1, or None for one scale per channel
     (spelled ``None``, ``0``, ``"0"``, ``"none"`` or ``"channel"``)."""
     if value in (None, 0, "0", "none", "channel"):
         return None
+    if not isinstance(value, (int, float, str)):
+        raise ValueError(
+            f"group_size must be an int >= 1 (or 0/None for per channel), not {value!r}"
+        )
     size = int(value)
     if size < 1:
         raise ValueError(f"group_size must be >= 1 (or 0/None for per channel), not {value!r}")

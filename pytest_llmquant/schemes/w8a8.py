@@ -36,7 +36,7 @@ from torch import nn
 
 from ..layers import convert_conv1d, linear_like_layers, set_submodule
 from . import kernels
-from .base import QuantScheme
+from .base import QuantScheme, Recipe
 from .int8_math import (
     linear_w8a8_reference,
     n_groups,
@@ -226,7 +226,7 @@ class SmoothQuantW8A8(QuantScheme):
     #: per token is markedly worse than weight-only, see the frontier table in docs/schemes.md
     kld_bound = 0.1
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, **config: Any) -> None:  # the user's keywords, parsed here
         config.setdefault("alpha", 0.5)
         config.setdefault("group_size", None)
         config.setdefault("skip", [])
@@ -240,7 +240,7 @@ class SmoothQuantW8A8(QuantScheme):
         self.skip = [str(s) for s in config["skip"]]
         self._absmax: dict[str, torch.Tensor] | None = None
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> Recipe:
         """The base description plus ``kernel``: which path the layers run here."""
         return {**super().describe(), "kernel": kernels.path_description("torch int8 fallback")}
 
@@ -312,9 +312,7 @@ class SmoothQuantW8A8(QuantScheme):
     def is_quantized_module(self, module: nn.Module) -> bool:
         return type(module) is W8A8Linear
 
-    def state_tensors(
-        self, name: str, module: nn.Module
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def state_tensors(self, name: str, module: nn.Module) -> tuple[dict[str, torch.Tensor], Recipe]:
         assert isinstance(module, W8A8Linear)
         q, scales = module.int8_state()
         parts = {"weight_int8": q, "scales": scales}
@@ -331,9 +329,7 @@ class SmoothQuantW8A8(QuantScheme):
         }
         return parts, meta
 
-    def module_from_tensors(
-        self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-    ) -> nn.Module:
+    def module_from_tensors(self, tensors: dict[str, torch.Tensor], meta: Recipe) -> nn.Module:
         kernels.available()  # as in quantize: a loaded model is ready to time
         return W8A8Linear(
             tensors["weight_int8"],

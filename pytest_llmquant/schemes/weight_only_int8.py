@@ -41,7 +41,7 @@ from torch import nn
 
 from ..layers import convert_conv1d, linear_like_layers, set_submodule
 from . import kernels
-from .base import QuantScheme
+from .base import QuantScheme, Recipe
 from .scheme_options import group_size_option, is_skipped
 from .weight_only_fused import fuse_siblings
 from .weight_only_linear import WeightOnlyInt8Linear
@@ -61,14 +61,14 @@ class WeightOnlyInt8(QuantScheme):
     kld_bound = 0.005
     devices = ("cpu", "cuda")
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, **config: Any) -> None:  # the user's keywords, parsed here
         config.setdefault("group_size", 32)
         config.setdefault("skip", [])
         super().__init__(**config)
         self.group_size = group_size_option(config["group_size"])
         self.skip = [str(s) for s in config["skip"]]
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> Recipe:
         """The base description plus ``kernel``: which path the layers run here (the
         device of the last model this process quantized decides)."""
         if _last_device != "cpu":
@@ -100,9 +100,7 @@ class WeightOnlyInt8(QuantScheme):
     def is_quantized_module(self, module: nn.Module) -> bool:
         return type(module) is WeightOnlyInt8Linear
 
-    def state_tensors(
-        self, name: str, module: nn.Module
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def state_tensors(self, name: str, module: nn.Module) -> tuple[dict[str, torch.Tensor], Recipe]:
         assert isinstance(module, WeightOnlyInt8Linear)
         q, scales = module.int8_state()  # always the row-major layout: files outlive kernels
         parts = {"weight_int8": q, "scales": scales}
@@ -116,9 +114,7 @@ class WeightOnlyInt8(QuantScheme):
         }
         return parts, meta
 
-    def module_from_tensors(
-        self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-    ) -> nn.Module:
+    def module_from_tensors(self, tensors: dict[str, torch.Tensor], meta: Recipe) -> nn.Module:
         kernels.available()  # as in quantize: a loaded model is ready to time
         return WeightOnlyInt8Linear(
             tensors["weight_int8"],

@@ -42,7 +42,7 @@ from torch import nn
 
 from ..errors import LlmqUsageError
 from ..layers import convert_conv1d, linear_like_layers, set_submodule
-from .base import QuantScheme
+from .base import QuantScheme, Recipe
 from .gptq import bf16_row_scales, collect_input_stats, gptq_round_layers, round_nearest
 
 #: Up to this many tokens per call the int8 op runs; above it the float32 GEMM on the
@@ -246,7 +246,7 @@ class WeightOnlyInt8Bf16(QuantScheme):
     #: rounded up with room for the corpus and library versions changing
     kld_bound = 0.003
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, **config: Any) -> None:  # the user's keywords, parsed here
         config.setdefault("rounding", "gptq")
         config.setdefault("calibration_tokens", 1024)
         config.setdefault("exact_top", 32)
@@ -335,9 +335,7 @@ class WeightOnlyInt8Bf16(QuantScheme):
     def is_quantized_module(self, module: nn.Module) -> bool:
         return type(module) is Int8PackLinear
 
-    def state_tensors(
-        self, name: str, module: nn.Module
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def state_tensors(self, name: str, module: nn.Module) -> tuple[dict[str, torch.Tensor], Recipe]:
         assert isinstance(module, Int8PackLinear)
         parts = {"weight_int8": module.weight_int8, "scales": module.scales}
         if module.bias is not None:
@@ -350,9 +348,7 @@ class WeightOnlyInt8Bf16(QuantScheme):
         }
         return parts, meta
 
-    def module_from_tensors(
-        self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-    ) -> nn.Module:
+    def module_from_tensors(self, tensors: dict[str, torch.Tensor], meta: Recipe) -> nn.Module:
         return Int8PackLinear(
             tensors["weight_int8"],
             tensors["scales"],
