@@ -133,6 +133,22 @@ def test_truncated_gguf(
     assert not list(cache_dir.rglob("*.safetensors")), "nothing half-built is left to trust"
 
 
+def test_truncated_safetensors(
+    pytester: pytest.Pytester, tmp_path: Path, tiny_gpt2_dir: Path
+) -> None:
+    """A download cut short: one line naming the model and the fix, not safetensors'
+    traceback from deep inside transformers."""
+    import shutil
+
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_gpt2_dir, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    out = load_error(pytester, f"--llmq-model={cut}")
+    assert f"--llmq-model={cut}: a .safetensors file in it is truncated or corrupt (" in out
+    assert "; download or save the model again" in out
+
+
 def test_not_a_causal_lm(pytester: pytest.Pytester) -> None:
     import importlib.util
 

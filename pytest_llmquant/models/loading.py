@@ -97,6 +97,15 @@ def _explain(exc: BaseException, source: ModelSource) -> LlmqUsageError:
     )
 
 
+def _is_safetensors_error(exc: BaseException) -> bool:
+    """A file safetensors could not read (a download cut short, a disk that filled up)."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # a safetensors older than its exported error type
+        return type(exc).__name__ == "SafetensorError"
+    return isinstance(exc, SafetensorError)
+
+
 def _hub_failure(exc: BaseException) -> str | None:
     """What went wrong on the hub, told by the huggingface_hub error types in the chain
     (transformers re-raises them as an OSError of its own wording, ``from`` the original)."""
@@ -153,6 +162,13 @@ def _quiet_and_explained(source: ModelSource) -> Iterator[None]:
             yield
     except (OSError, ValueError, ImportError, KeyError, RuntimeError) as exc:
         raise _explain(exc, source) from None
+    except Exception as exc:  # safetensors' own error type: no subclass of the above
+        if not _is_safetensors_error(exc):
+            raise
+        raise LlmqUsageError(
+            f"--llmq-model={source.spec}: a .safetensors file in it is truncated or corrupt "
+            f"({str(exc)[:120]}); download or save the model again"
+        ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
 
