@@ -38,7 +38,10 @@ def _one_line(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except LlmqError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            message = str(exc)
+        # outside the except block: the failure has no context to print ("During handling
+        # of the above exception..." and the same line again)
+        pytest.fail(message, pytrace=False)
 
     return wrapper
 

@@ -149,6 +149,31 @@ def test_truncated_safetensors(
     assert "; download or save the model again" in out
 
 
+def test_truncated_int8_checkpoint_is_said_once(
+    pytester: pytest.Pytester, tmp_path: Path, tiny_gpt2_dir: Path
+) -> None:
+    """The INT8 model's error is the test's one line, said once (no chained context)."""
+    import copy
+
+    from pytest_llmquant import get_scheme, load_fp32
+
+    model, tokenizer = load_fp32(str(tiny_gpt2_dir))
+    scheme = get_scheme("weight-only-int8")
+    saved = tmp_path / "int8"
+    scheme.save(scheme.quantize(copy.deepcopy(model)), saved)
+    tokenizer.save_pretrained(str(saved))
+    weights = saved / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    out = load_error(
+        pytester,
+        f"--llmq-model={tiny_gpt2_dir}",
+        f"--llmq-int8-model={saved}",
+        test="def test_x(int8_model):\n    pass\n",
+    )
+    assert out.count(f"{weights} is unreadable (") == 1, out
+    assert "During handling" not in out
+
+
 def test_not_a_causal_lm(pytester: pytest.Pytester) -> None:
     import importlib.util
 
