@@ -1,4 +1,4 @@
-"""pytest hooks and fixtures of pytest-llmquant.
+"""pytest hooks of pytest-llmquant (the fixtures are in :mod:`.fixtures`, registered here).
 
 Loading this module must stay cheap: it imports neither torch nor transformers.
 Everything heavy sits behind the fixtures and the marker checks, so a pytest run
