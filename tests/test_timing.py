@@ -518,3 +518,19 @@ def test_a_wrapped_module_is_labelled_by_its_dtype(tiny: tuple[Any, Any]) -> Non
     assert as_side(model, tok, "reference").label == "FP32"
     assert as_side(copy.deepcopy(model).to(torch.bfloat16), tok, "reference").label == "BF16"
     assert as_side(model, tok, "INT8").label == "INT8"
+
+
+def test_a_users_own_module_class_is_labelled_by_its_dtype_too() -> None:
+    """Not only transformers' classes: any nn.Module a user wrote is named by what it
+    computes in, never by the placeholder "reference"."""
+    import torch
+
+    from pytest_llmquant.speed.timing import as_side
+
+    class MyLM(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+
+    assert as_side(MyLM(), None, "reference").label == "FP32"
+    assert as_side(MyLM().to(torch.bfloat16), None, "reference").label == "BF16"

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -151,8 +152,9 @@ def as_side(model: ModelSide | CausalLM, tokenizer: Tokenizer | None, label: str
     "reference" takes the label of its dtype)."""
     from ..sides import as_side as wrap
 
-    if label == "reference" and type(model).__module__.startswith(("transformers", "torch")):
-        label = reference_label(model)  # type: ignore[arg-type]
+    torch = sys.modules.get("torch")  # a module needs torch imported: never import it here
+    if label == "reference" and torch is not None and isinstance(model, torch.nn.Module):
+        label = reference_label(model)  # any nn.Module, the user's own classes too
     return wrap(model, label, tokenizer)
 
 
