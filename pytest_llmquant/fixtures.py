@@ -73,10 +73,11 @@ def llmq_tokenizer(llmq_session: LlmqSession, llmq_model_id: str) -> Tokenizer:
 
 @pytest.fixture(scope="session")
 @_one_line
-def reference_model(llmq_session: LlmqSession, llmq_model_id: str) -> CausalLM:
+def reference_model(llmq_session: LlmqSession, llmq_model_id: str) -> ModelLike:
     """The reference model every gate compares the INT8 one with, in eval mode, loaded once
-    per session in ``--llmq-reference-dtype`` (float32 on CPU, bfloat16 on CUDA)."""
-    return llmq_session.store.reference(llmq_model_id)[0]
+    per session in ``--llmq-reference-dtype`` (float32 on CPU, bfloat16 on CUDA), or run
+    by ``--llmq-reference-runtime``."""
+    return llmq_session.store.reference_model(llmq_model_id)
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +90,7 @@ def fp32_model(reference_model: ModelLike) -> ModelLike:
 @pytest.fixture(scope="session")
 @_one_line
 def int8_model(
-    llmq_session: LlmqSession, llmq_model_id: str, llmq_scheme: str, fp32_model: CausalLM
+    llmq_session: LlmqSession, llmq_model_id: str, llmq_scheme: str, fp32_model: ModelLike
 ) -> ModelLike:
     """The INT8 model under test: the ``--llmq-int8-model`` checkpoint, or what your
     ``pytest_llmq_quantize`` hook or the built-in ``llmq_scheme`` makes. Override this

@@ -32,6 +32,8 @@ class Int8Origin:
     checkpoint: str | None = None  # the files the user ships (the checkpoint route)
     scheme: str | None = None  # our scheme's name when one of ours built or saved it
     path: str | None = None  # how its layers run here, when we know ("AVX2 C kernel", ...)
+    runtime: str = "torch"  # what computes it: torch, llama.cpp, onnxruntime
+    bits_label: str | None = None  # the file's own bit count ("5.0 bits/weight"), if it says
 
     @property
     def made_by(self) -> str:
@@ -39,6 +41,8 @@ class Int8Origin:
 
     @property
     def bits_text(self) -> str:
+        if self.bits_label:
+            return self.bits_label
         return "bit width unknown" if self.bits is None else f"{self.bits}-bit weights"
 
     def __str__(self) -> str:

@@ -84,7 +84,13 @@ class LlmqSession:
         schemes = list(settings.scheme) or [default_scheme()]
         for s in schemes:
             _checked(settings, "scheme", check_name, s)
-        if settings.int8_model:
+        if settings.int8_runtime != "torch" or settings.reference_runtime != "torch":
+            from .run.runtime_sides import check_runtimes
+
+            label = check_runtimes(settings, sources)
+            if label is not None:
+                schemes = [label]
+        elif settings.int8_model:
             from .int8.checkpoint import checkpoint_origin
 
             schemes = [
@@ -132,6 +138,10 @@ class LlmqSession:
             cov = Coverage()
         else:  # the int8_model fixture is overridden: describe the model it returned
             origin, cov = origin_of_model(int8, "fixture"), coverage(reference, int8)  # type: ignore[arg-type]
+        if is_side(int8) or is_side(reference):
+            from .run.runtime_sides import check_same_vocabulary
+
+            check_same_vocabulary(reference, int8, tokenizer)  # type: ignore[arg-type]
         pair = ModelPair(
             spec,
             self.label_of(spec),

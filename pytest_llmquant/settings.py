@@ -44,6 +44,12 @@ from .setting_checks import (
 SPEED_INCONCLUSIVE = ("fail", "skip", "pass")
 
 
+def runtime_name(value: object) -> str:
+    from .sides.base import RUNTIMES
+
+    return _one_of(value, RUNTIMES)
+
+
 def _one_of(value: object, choices: tuple[str, ...]) -> str:
     text = str(value).strip().lower()
     if text not in choices:
@@ -122,6 +128,23 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "int8_model",
         "a pre-quantized INT8 model to test instead of quantizing the FP32 model",
+    ),
+    Option(
+        "int8_runtime",
+        "what runs the INT8 model in every gate: torch (default), llama.cpp (the "
+        "--llmq-int8-model .gguf, any type) or onnxruntime (the model.onnx in the "
+        "--llmq-int8-model directory)",
+        check=runtime_name,
+        default="torch",
+        example="llama.cpp",
+    ),
+    Option(
+        "reference_runtime",
+        "what runs the reference: torch (default), llama.cpp (a --llmq-model .gguf; a "
+        "quantized one as the F32 file of its dequantized tensors) or onnxruntime",
+        check=runtime_name,
+        default="torch",
+        example="llama.cpp",
     ),
     Option(
         "eval_text",
@@ -281,6 +304,8 @@ class Settings:
     threads: int = 1
     trust_remote_code: bool = BY_NAME["trust_remote_code"].default
     int8_model: str | None = BY_NAME["int8_model"].default
+    int8_runtime: str = BY_NAME["int8_runtime"].default
+    reference_runtime: str = BY_NAME["reference_runtime"].default
     eval_text: str | None = BY_NAME["eval_text"].default
     eval_tokens: int = BY_NAME["eval_tokens"].default
     max_kl: float = BY_NAME["max_kl"].default

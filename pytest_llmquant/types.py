@@ -37,6 +37,10 @@ class Tokenizer(Protocol):
         """Token ids back to text."""
         ...
 
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        """The vocabulary's spelling of each id (a runtime's file must spell them alike)."""
+        ...
+
     def save_pretrained(self, directory: str) -> object:
         """Write the tokenizer files (a probe process loads them)."""
         ...

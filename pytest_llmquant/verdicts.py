@@ -237,8 +237,16 @@ def _speedup_message(
     else:
         high = _vs(r.ci_high, min_speedup)
     ci = f"{int(round(100 * r.confidence))}% CI {low}–{high}"
+    from .sides.base import in_runtime
+
+    subject = "INT8"
+    if (r.reference_runtime, r.int8_runtime) != ("torch", "torch"):  # name both runtimes
+        subject, reference = (
+            in_runtime(r.int8_label, r.int8_runtime),
+            in_runtime(reference, r.reference_runtime),
+        )
     measured = (
-        f"INT8 {point}x faster than {reference} ({ci}, {r.n_pairs} interleaved pairs, "
+        f"{subject} {point}x faster than {reference} ({ci}, {r.n_pairs} interleaved pairs, "
         f"{r.threads} threads)"
     )
     outcome, cmp = ("passed", "≥") if passed else ("failed", "<")

@@ -170,6 +170,8 @@ def measure_rss(
     does not have.
     """
     base_args = _probe_args(spec)
+    if isinstance(int8_probe, dict) and int8_probe.get("preload"):
+        base_args["preload"] = int8_probe["preload"]  # every probe imports the runtime alike
     runs: dict[str, ProbeArgs] = {
         "baseline": {**base_args, "mode": "baseline"},
         "fp32": {**base_args, "mode": "fp32"},

@@ -39,6 +39,7 @@ Errors print ``{"error": ..., "error_kind": "usage" | "model"}`` and exit with 2
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import resource
 import sys
@@ -214,6 +215,15 @@ def run(args: ProbeArgs) -> ProbeReport:
     if threads:
         torch.set_num_threads(int(threads))
     report: ProbeReport = {"mode": mode}
+    for module in str(args.get("preload") or "").split(","):
+        if module:  # a runtime the other probe loads: every probe imports it alike
+            importlib.import_module(module)
+    if mode == "int8" and args.get("route") == "runtime":
+        from .runtime_probe import serve_in_runtime
+
+        report.update(_baseline(args))  # the same imports as the other probes, then the file
+        report.update(serve_in_runtime(args))
+        return _finished(report, report.pop("_peak"), report.pop("_loaded"), report.pop("_serve"))
     if mode == "baseline":
         report.update(_baseline(args))
         loaded, serve = rss_bytes(), None
@@ -246,6 +256,15 @@ def run(args: ProbeArgs) -> ProbeReport:
         serve = after if can_reset else None
         peak = None if load_peak is None or after is None else max(load_peak, after)
         report["load_peak_bytes"] = load_peak
+    return _finished(report, peak, loaded, serve)
+
+
+def _finished(
+    report: ProbeReport,
+    peak: str | int | bool | None,
+    loaded: str | int | bool | None,
+    serve: str | int | bool | None,
+) -> ProbeReport:
     ru = ru_maxrss_bytes()
     report.update(
         {

@@ -35,6 +35,8 @@ def write_terminal_summary(tr: TerminalSummary, record: RunRecord) -> None:
     for name, cov in record.coverages.items():
         int8 = (record.pairs.get(name) or {}).get("int8") or {}
         made = f"; {int8['label']}, made by the {int8['made_by']}" if "made_by" in int8 else ""
+        if int8.get("bits_label"):
+            made += f" ({int8['bits_label']})"
         runs = f", runs on the {int8['path']}" if int8.get("path") else ""
         tr.write_line(f"{name}: {cov}{made}{runs}")
     threads = "?" if record.threads is None else record.threads

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..models.sources import ModelSource
     from ..progress import Progress
     from ..settings import Settings
+    from ..sides.base import ModelSide
     from ..types import CausalLM, Tokenizer
 
 T = TypeVar("T")
@@ -62,6 +63,7 @@ class ModelStore:
         self._quantize_hook = quantize_hook
         self._references: dict[str, Remembered[tuple[CausalLM, Tokenizer]]] = {}
         self._int8: dict[tuple[str, str], Remembered[Int8Built]] = {}
+        self._reference_sides: dict[str, Remembered[ModelSide]] = {}
         self._cache: ModelCache | None = None
 
     @property
@@ -123,14 +125,51 @@ class ModelStore:
             return False
         return loaded.value[0] is model and loaded.value[1] is tokenizer
 
-    def int8(self, spec: str, scheme: str, reference: CausalLM | None = None) -> Int8Built:
-        """The INT8 model of this pair: the ``--llmq-int8-model`` checkpoint, or what the
-        quantize hook or the built-in ``scheme`` makes from ``reference`` (default: the
-        loaded reference of ``spec``). Built once per model and scheme."""
+    def reference_model(self, spec: str) -> CausalLM | ModelSide:
+        """What the ``reference_model`` fixture gives: the torch model, or the side of
+        ``--llmq-reference-runtime`` (its model loads in a child process on first use)."""
+        if self.settings.reference_runtime == "torch":
+            return self.reference(spec)[0]
+        if spec not in self._reference_sides:
+            self._reference_sides[spec] = self._runtime_reference(spec)
+        return self._reference_sides[spec].get()
+
+    def _runtime_reference(self, spec: str) -> Remembered[ModelSide]:
+        from pathlib import Path
+
+        from .runtime_sides import reference_side
+
+        source = self.source(spec)
+        assert source is not None, spec
+        tokenizer = self.reference(spec)[1]
+        try:
+            cache = Path(self.cache.root)
+            return Remembered(reference_side(self.settings, source, tokenizer, cache))
+        except LlmqError as exc:
+            return Remembered(error=exc)
+
+    def int8(
+        self, spec: str, scheme: str, reference: CausalLM | ModelSide | None = None
+    ) -> Int8Built:
+        """The INT8 model of this pair: the ``--llmq-int8-model`` checkpoint (in
+        ``--llmq-int8-runtime``), or what the quantize hook or the built-in ``scheme``
+        makes from ``reference`` (default: the loaded reference of ``spec``). Built once
+        per model and scheme."""
         key = (spec, scheme)
+        if key not in self._int8 and self.settings.int8_runtime != "torch":
+            from .runtime_sides import int8_built
+
+            tokenizer = self.reference(spec)[1]
+            try:
+                self._int8[key] = Remembered(int8_built(self.settings, tokenizer))
+            except LlmqError as exc:
+                self._int8[key] = Remembered(error=exc)
         if key not in self._int8:
-            model = reference if reference is not None else self.reference(spec)[0]
-            self._int8[key] = self._build_int8(spec, scheme, model)
+            from .pair import is_side
+
+            if reference is None or is_side(reference):
+                reference = self.reference(spec)[0]
+            self._int8[key] = self._build_int8(spec, scheme, reference)  # type: ignore[arg-type]
         built = self._int8[key].get()
         name = f"{self.record.label_of(spec)} [{built.origin.label}]"
         self.record.coverages[name] = built.coverage  # shown even if no test asks for the pair

@@ -171,3 +171,9 @@ class ModelSide(Protocol):
 def total_bytes(kinds: dict[str, int]) -> int:
     """All bytes of a :meth:`ModelSide.weight_bytes` breakdown."""
     return sum(kinds.values())
+
+
+def in_runtime(label: str, runtime: str) -> str:
+    """``llama.cpp Q4_1``, ``torch FP32``: a label with the runtime that computed it (a
+    cross-runtime ratio answers another question than a same-runtime one, so say both)."""
+    return label if label.startswith(runtime) else f"{runtime} {label}"

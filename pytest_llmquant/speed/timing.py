@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from ..settings import Settings
+from ..sides.base import in_runtime
 from .contention import Contention, CpuMeter, between, default_meter, timing_threads
 from .sampler import PROGRESS_EVERY_S, PairTimer, Sampled, Schedule, Verdict, sample
 from .stats import DEFAULT_CONFIDENCE
@@ -111,6 +112,8 @@ class SpeedupResult:
     unit: str = "decode step"  # what one sample times
     reference_label: str = "FP32"  # what the reference computes in: FP32, BF16
     int8_label: str = "INT8"  # the INT8 side's label (a scheme, a runtime)
+    reference_runtime: str = "torch"  # what computed each side: a cross-runtime ratio
+    int8_runtime: str = "torch"  # answers another question than a same-runtime one
     extended: bool = False  # a close case sampled past the budget (sampler.CLOSE_BUDGET_FACTOR)
     threads_note: str = ""  # how default threads were chosen, when not all cores
     cpu_cores: int = 0  # CPUs the process may use
@@ -328,6 +331,7 @@ def _result(
         sampling_s=sampled.sampling_s,
         time_budget=schedule.time_budget, stopped=sampled.stopped, warmup=schedule.warmup,
         reference_label=sides[0].label, int8_label=sides[1].label, extended=sampled.extended,
+        reference_runtime=sides[0].runtime, int8_runtime=sides[1].runtime,
         threads_note=note, cpu_cores=cores,
         cpu_stalled=seen.stalled if seen is not None else None,
         cpu_others=seen.others if seen is not None else None,
@@ -342,10 +346,16 @@ def format_speedup(result: SpeedupResult) -> str:
     ci = f"{pct} CI {r.ci_low:.2f}\u2013{r.ci_high:.2f}"
     if not math.isfinite(r.ci_high):
         ci = f"too few pairs for a {pct} CI"
+    subject, other = "INT8", r.reference_label
+    if (r.reference_runtime, r.int8_runtime) != ("torch", "torch"):  # name both runtimes
+        subject, other = (
+            in_runtime(r.int8_label, r.int8_runtime),
+            in_runtime(other, r.reference_runtime),
+        )
     if r.speedup >= 1:
-        head = f"INT8 {r.speedup:.2f}x faster than {r.reference_label}"
+        head = f"{subject} {r.speedup:.2f}x faster than {other}"
     else:
-        head = f"INT8 at {r.speedup:.2f}x the speed of {r.reference_label}"
+        head = f"{subject} at {r.speedup:.2f}x the speed of {other}"
     line = (
         f"{head} ({ci}, {r.n_pairs} decode-step pairs, "
         f"{r.threads} thread{'s' if r.threads != 1 else ''}): "

@@ -103,6 +103,12 @@ def build_or_load(request: Int8Request) -> Int8Built:
     raise LlmqUsageError(f"no INT8 route made a model of {request.label}")  # pragma: no cover
 
 
+def nn_module() -> type[CausalLM]:
+    import torch
+
+    return torch.nn.Module
+
+
 def int8_side(
     model: CausalLM | Int8Built,
     origin: Int8Origin | None = None,
@@ -114,6 +120,8 @@ def int8_side(
 
     if isinstance(model, Int8Built):
         origin = origin or model.origin
+        if not isinstance(model.model, nn_module()):
+            raise TypeError("a runtime's INT8 side is its own model side: use Int8Built.model")
         model = model.model
     if origin is None:
         origin = origin_of_model(model, "fixture")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from ...layers import Coverage
     from ...origin import Int8Origin
-    from ...sides.base import ProbeSpec, ShippedFile
+    from ...sides.base import ModelSide, ProbeSpec, ShippedFile
     from ...types import CausalLM, Tokenizer
 
 #: JSON-ready arguments of a probe process (:attr:`~pytest_llmquant.sides.base.ProbeSpec.args`)
@@ -34,7 +34,7 @@ QuantizeHook = Callable[..., object]
 class Int8Built:
     """An INT8 model with its coverage and where it came from."""
 
-    model: CausalLM
+    model: CausalLM | ModelSide  # a side: a runtime runs the file (--llmq-int8-runtime)
     coverage: Coverage
     origin: Int8Origin
 
