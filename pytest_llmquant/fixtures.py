@@ -20,7 +20,7 @@ from .session import LlmqSession, get_session
 if TYPE_CHECKING:
     from .run.pair import ModelLike, ModelPair
     from .speed.benchmark import LlmqBenchmark
-    from .types import CausalLM, Tokenizer
+    from .types import Tokenizer
 
 P = ParamSpec("P")
 R = TypeVar("R")

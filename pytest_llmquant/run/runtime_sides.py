@@ -129,7 +129,6 @@ def _facts_of(path: Path, name: str) -> FileFacts:
 def int8_built(settings: Settings, tokenizer: Tokenizer | None) -> Int8Built:
     """The INT8 side of ``--llmq-int8-runtime``: the user's file, in that runtime."""
     from ..int8.routes.base import Int8Built
-
     from ..sides.runtimes import file_origin
 
     facts = int8_facts(settings)
