@@ -15,12 +15,12 @@ from tiny_models import make_tokenizer
 HIDDEN, HEADS, KV_HEADS, LAYERS, FFN = 64, 4, 2, 2, 128
 
 
-def make_tiny_llama(directory: Path, seed: int = 0) -> Path:
+def make_tiny_llama(directory: Path, seed: int = 0, vocab_size: int = 400) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     directory.mkdir(parents=True, exist_ok=True)
-    tok = make_tokenizer(directory)
+    tok = make_tokenizer(directory, vocab_size=vocab_size)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=FFN,

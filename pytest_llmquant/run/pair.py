@@ -61,7 +61,7 @@ class ModelPair:
     @property
     def reference_label(self) -> str:
         if is_side(self.reference):  # a runtime names what it runs: "llama.cpp F32"
-            return self.reference.label  # type: ignore[union-attr]
+            return str(self.reference.label)  # type: ignore[union-attr]
         return REFERENCE_LABELS.get(self.reference_dtype, self.reference_dtype)
 
     @property
