@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,9 @@ def test_a_reference_in_llama_cpp_must_be_a_gguf(
     assert line.endswith("is not one; pass --llmq-model=FILE.gguf (F16 or F32) or drop the option")
 
 
+@pytest.mark.skipif(
+    find_spec("llama_cpp") is None, reason="needs llama-cpp-python (the llamacpp extra)"
+)
 def test_a_file_llama_cpp_cannot_load_fails_its_tests_in_one_line(
     pytester: pytest.Pytester, tiny_gpt2_dir: Path
 ) -> None:
@@ -154,6 +158,9 @@ def test_a_file_llama_cpp_cannot_load_fails_its_tests_in_one_line(
     assert "Traceback" not in result.stdout.str()
 
 
+@pytest.mark.skipif(
+    find_spec("llama_cpp") is None, reason="needs llama-cpp-python (the llamacpp extra)"
+)
 def test_a_file_of_another_vocabulary_is_refused_before_anything_is_measured(
     pytester: pytest.Pytester, tmp_path: Path
 ) -> None:

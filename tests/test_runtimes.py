@@ -13,9 +13,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+
+# the runtime extras are part of the test extra: CI fails on these skips (scripts/check_skips.py)
+needs_llama_cpp = pytest.mark.skipif(
+    find_spec("llama_cpp") is None, reason="needs llama-cpp-python (the llamacpp extra)"
+)
+needs_onnx = pytest.mark.skipif(
+    find_spec("onnxruntime_genai") is None, reason="needs onnxruntime-genai (the onnx extra)"
+)
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
@@ -112,6 +121,7 @@ def failure_text(result: pytest.RunResult, test: str) -> str:
     raise AssertionError(f"{test} did not run")
 
 
+@needs_llama_cpp
 def test_every_gate_measures_llama_cpp_both_ways(
     pytester: pytest.Pytester, llama_files: dict[str, Path]
 ) -> None:
@@ -138,6 +148,7 @@ def test_every_gate_measures_llama_cpp_both_ways(
     assert pair["bits"] == 4 and pair["bits_label"].endswith("bits/weight")
 
 
+@needs_onnx
 def test_every_gate_measures_onnx_runtime_both_ways(
     pytester: pytest.Pytester, llama_files: dict[str, Path], llama_onnx: Path
 ) -> None:
@@ -163,6 +174,7 @@ def kld(report: dict) -> float:
     return float(gate["measurement"]["mean_kld"])
 
 
+@needs_llama_cpp
 def test_llama_cpp_rounds_activations_too_so_its_kld_exceeds_torchs_on_the_same_file(
     pytester: pytest.Pytester, llama_files: dict[str, Path]
 ) -> None:
@@ -186,6 +198,7 @@ def test_llama_cpp_rounds_activations_too_so_its_kld_exceeds_torchs_on_the_same_
     assert llama_kld > torch_kld > 0, (torch_kld, llama_kld)
 
 
+@needs_llama_cpp
 def test_the_reference_runs_in_llama_cpp_too(
     pytester: pytest.Pytester, llama_files: dict[str, Path]
 ) -> None:
