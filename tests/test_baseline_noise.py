@@ -127,6 +127,8 @@ def test_a_baseline_records_text_tokens_window_dtype_device_and_errors() -> None
             "window": 512,
             "reference_dtype": "float32",
             "device": "cpu",
+            "int8_runtime": "torch",
+            "reference_runtime": "torch",
         },
     }
 
@@ -136,7 +138,22 @@ def test_the_reference_dtype_of_a_pair_without_similarity_comes_from_its_summary
     assert baseline_dict(record)["pairs"][PAIR]["measured_on"] == {
         "reference_dtype": "bfloat16",
         "device": "cpu",
+        "int8_runtime": "torch",
+        "reference_runtime": "torch",
     }
+
+
+def test_a_baseline_of_another_runtime_is_not_compared() -> None:
+    """The same pair name measured by llama.cpp and by torch: the numbers answer different
+    questions, so the comparison is refused, naming the runtimes."""
+    from pytest_llmquant.baseline.comparable import check_comparable
+
+    torch_run = baseline_dict(fake_record([measured()]))
+    llama_run = baseline_dict(
+        fake_record([measured()], pairs={PAIR: {"int8": {"runtime": "llama.cpp"}}})
+    )
+    with pytest.raises(LlmqUsageError, match="INT8 runtime torch in the baseline, llama.cpp here"):
+        check_comparable(torch_run, llama_run)
 
 
 OTHER_TEXT = "9ab1c2d3e4f5" + "1" * 52

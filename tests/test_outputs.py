@@ -221,12 +221,22 @@ def test_baseline_dict_holds_only_measured_metrics() -> None:
         "speedup_ci_low": 1.8,
         "speedup_ci_high": 2.2,
         "memory_ratio": 3.8,
-        "measured_on": {"eval_tokens": 512, "device": "cpu"},
+        "measured_on": {
+            "eval_tokens": 512,
+            "device": "cpu",
+            "int8_runtime": "torch",
+            "reference_runtime": "torch",
+        },
     }
     assert data["pairs"][OTHER] == {
         **similarity_metrics,
         "memory_ratio_peak_rss": 3.8,
-        "measured_on": {"eval_tokens": 512, "device": "cpu"},
+        "measured_on": {
+            "eval_tokens": 512,
+            "device": "cpu",
+            "int8_runtime": "torch",
+            "reference_runtime": "torch",
+        },
     }
 
 

@@ -1,7 +1,7 @@
 """Whether a baseline and this run were measured on the same text and setting.
 
 Numbers from another evaluation text, another number of scored tokens, another window,
-another reference precision or another device differ for reasons that are not the
+another reference precision, another device or another runtime differ for reasons that are not the
 quantizer: compared, they would flag or hide regressions at random. Such a comparison is
 refused with one line that says what differs. A baseline saved before these were
 recorded is compared as before, with a note that nothing was checked.
@@ -22,6 +22,8 @@ _LABELS = {
     "window": "window",
     "reference_dtype": "reference dtype",
     "device": "device",
+    "int8_runtime": "INT8 runtime",
+    "reference_runtime": "reference runtime",
 }
 #: only the similarity metrics depend on these
 _SIMILARITY_ONLY = ("eval_text_sha256", "eval_tokens", "window")

@@ -86,6 +86,10 @@ def _measured_on(
                     out.setdefault(key, m[key])
     if summary.get("reference_dtype"):
         out.setdefault("reference_dtype", summary["reference_dtype"])
+    # a ratio across runtimes answers another question: never compared with a same-runtime one
+    int8 = summary.get("int8") or {}
+    out["int8_runtime"] = str(int8.get("runtime") or "torch")
+    out["reference_runtime"] = summary.get("reference_runtime") or "torch"
     if device:
         out.setdefault("device", device)
     return out

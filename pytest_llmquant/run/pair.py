@@ -82,6 +82,7 @@ class ModelPair:
         return {
             "model": self.model_id,
             "reference_dtype": self.reference_dtype,
+            "reference_runtime": self.reference_side.runtime,
             "int8": self.origin.as_dict() if self.origin is not None else {"label": self.scheme},
             "coverage": self.coverage.as_dict(),
         }

@@ -23,6 +23,7 @@ class PairSummary(TypedDict, total=False):
 
     model: str  # the --llmq-model value
     reference_dtype: str  # float32, bfloat16, float16
+    reference_runtime: str  # torch, llama.cpp, onnxruntime
     int8: Mapping[str, object]  # :meth:`pytest_llmquant.origin.Int8Origin.as_dict`
     coverage: dict[str, object]  # :meth:`pytest_llmquant.layers.Coverage.as_dict`
 
