@@ -214,6 +214,7 @@ def test_other_quantized_types_are_refused_with_the_llama_cpp_fix(smollm2_gguf: 
     message = _one_line_error(lambda: describe_gguf(smollm2_gguf))
     assert "Q4_1 (210 tensors)" in message and "Q8_0 (1 tensor)" in message
     assert "llama-quantize" in message and "--llmq-model" in message
+    assert "run the file as it ships with --llmq-int8-runtime=llama.cpp" in message
 
 
 def test_a_float_gguf_is_refused_as_int8_side(tmp_path: Path) -> None:

@@ -84,8 +84,9 @@ def _describe(header: GGUFHeader, path: str | Path) -> tuple[str, int, dict[str,
     other = [t for t in types if t not in FLOAT_TYPES and t != INT8_TYPE]
     if other:
         raise LlmqUsageError(
-            f"{_option(path)} holds {held}; only Q8_0 loads losslessly as INT8 "
-            f"(weight-only-int8), not {', '.join(other)}: {REQUANTIZE_FIX}"
+            f"{_option(path)} holds {held}; torch runs only Q8_0 losslessly as INT8 "
+            f"(weight-only-int8), not {', '.join(other)}: run the file as it ships with "
+            f"--llmq-int8-runtime=llama.cpp, or {REQUANTIZE_FIX}"
         )
     if INT8_TYPE not in types:
         raise LlmqUsageError(

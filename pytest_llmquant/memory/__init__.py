@@ -182,9 +182,10 @@ def _weights(reference: ModelSide, int8: ModelSide) -> MemoryResult:
     ref_parts, int8_parts = reference.weight_bytes(), int8.weight_bytes()
     ref, q = total_bytes(ref_parts), total_bytes(int8_parts)
     details: dict[str, object] = {"int8_breakdown": int8_parts, "fp32_breakdown": ref_parts}
-    return MemoryResult(
-        "weights", ref, q, _ratio(ref, q), kept_float(int8_parts), WEIGHTS_NOTE, details
-    )
+    note = WEIGHTS_NOTE
+    if int8.runtime != "torch":
+        note = f"{int8.runtime}: the file's tensors as stored (blocks with their scales), by role"
+    return MemoryResult("weights", ref, q, _ratio(ref, q), kept_float(int8_parts), note, details)
 
 
 def _shipped(reference: ModelSide, int8: ModelSide) -> MemoryResult:

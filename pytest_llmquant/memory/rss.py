@@ -191,10 +191,15 @@ def measure_rss(
 def rss_note(details: ProbeDetails, made: str) -> str:
     """One line for the report: what was compared, and the whole-life peaks."""
     probes = details["probes"]
-    return (
+    note = (
         f"peak RSS while generating 8 tokens in a fresh process, minus "
         f"{details['baseline_bytes'] / 1e6:.0f} MB for python+torch+transformers "
         f"(phase {details['phase']}); whole-life peaks incl. loading: reference "
         f"{report_bytes(probes['fp32'], 'peak_bytes') / 1e6:.0f} MB, INT8 "
         f"{report_bytes(probes['int8'], 'peak_bytes') / 1e6:.0f} MB ({made})"
     )
+    anon, mapped = probes["int8"].get("serve_anon_bytes"), probes["int8"].get("serve_file_bytes")
+    if isinstance(anon, int) and isinstance(mapped, int):  # a runtime that maps its file
+        note += f"; INT8 resident after generating: {anon / 1e6:.0f} MB anonymous, "
+        note += f"{mapped / 1e6:.0f} MB file-backed (its mapped file, which the kernel may drop)"
+    return note
