@@ -140,3 +140,17 @@ THRESHOLDS: dict[str, Callable[[object], float]] = {
     "min_speedup": positive_number,
     "min_ratio": positive_number,
 }
+
+
+def runtime_name(value: object) -> str:
+    """One of the runtimes a side can run in (:data:`~.sides.base.RUNTIMES`)."""
+    from .sides.base import RUNTIMES
+
+    return one_of(value, RUNTIMES)
+
+
+def one_of(value: object, choices: tuple[str, ...]) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)}")
+    return text

@@ -32,9 +32,11 @@ from .setting_checks import (
     directory,
     existing_file,
     non_negative_number,
+    one_of,
     positive_int,
     positive_number,
     reference_dtype,
+    runtime_name,
     text,
     writable_path,
 )
@@ -42,19 +44,6 @@ from .setting_checks import (
 #: what an inconclusive speed gate counts as (--llmq-speed-inconclusive); "fail" first: the
 #: default, since a gate that cannot decide must not go green silently
 SPEED_INCONCLUSIVE = ("fail", "skip", "pass")
-
-
-def runtime_name(value: object) -> str:
-    from .sides.base import RUNTIMES
-
-    return _one_of(value, RUNTIMES)
-
-
-def _one_of(value: object, choices: tuple[str, ...]) -> str:
-    text = str(value).strip().lower()
-    if text not in choices:
-        raise ValueError(f"must be one of {', '.join(choices)}")
-    return text
 
 
 @dataclass(frozen=True)
@@ -131,9 +120,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "int8_runtime",
-        "what runs the INT8 model in every gate: torch (default), llama.cpp (the "
-        "--llmq-int8-model .gguf, any type) or onnxruntime (the model.onnx in the "
-        "--llmq-int8-model directory)",
+        "what runs the INT8 model: torch (default), llama.cpp (a --llmq-int8-model .gguf "
+        "of any type) or onnxruntime (the model.onnx of a --llmq-int8-model directory)",
         check=runtime_name,
         default="torch",
         example="llama.cpp",
@@ -206,7 +194,7 @@ OPTIONS: tuple[Option, ...] = (
         "speed_inconclusive",
         "what a speed gate that cannot judge (the CPU too busy: see docs/gates.md) counts "
         "as: fail, skip or pass",
-        check=lambda value: _one_of(value, SPEED_INCONCLUSIVE),
+        check=lambda value: one_of(value, SPEED_INCONCLUSIVE),
         default="fail",
         example="skip",
     ),

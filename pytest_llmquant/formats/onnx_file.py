@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import LlmqUsageError
+from .facts import FileFacts
 
 if TYPE_CHECKING:
     from onnx import TensorProto
-
-    from ..sides.runtimes import FileFacts
 
 QUANTIZED = "quantized tensors (blocks with scales)"
 FLOAT_EMBED = "float: embeddings"
@@ -77,8 +76,6 @@ def _label(ops: Counter[str], bits: set[int]) -> tuple[str, int | None]:
 def describe_onnx(path: str, option: str) -> FileFacts:
     """The label, bits, bytes by role and shipped files of the ONNX model at ``path``."""
     import onnx
-
-    from ..sides.runtimes import FileFacts
 
     file = model_file(path, option)
     try:

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 from ..errors import LlmqUsageError
 
 if TYPE_CHECKING:
+    from ..formats.facts import FileFacts
     from ..int8.routes.base import Int8Built
     from ..models.sources import ModelSource
     from ..settings import Settings
     from ..sides.base import ProbeSpec
     from ..sides.child import ChildSide
-    from ..sides.runtimes import FileFacts
     from ..types import Tokenizer
 
 INT8_OPTION = "--llmq-int8-runtime"

@@ -16,31 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import LlmqUsageError
+from ..formats.facts import FileFacts
 
 if TYPE_CHECKING:
-    from ..layers import Coverage
     from ..origin import Int8Origin
     from .base import ShippedFile
-
-
-@dataclass(frozen=True)
-class FileFacts:
-    """What a runtime's model file is, from its metadata (no runtime, no torch)."""
-
-    path: Path  # the file (a .gguf) or the model.onnx
-    label: str  # "llama.cpp Q4_1", "onnxruntime MatMulNBits int8"
-    bits: int | None  # weight bit width where one type dominates
-    bits_text: str  # "5.0 bits/weight", "8-bit weights"
-    weight_bytes: dict[str, int]  # by role
-    quantized: tuple[str, ...]
-    kept_float: tuple[str, ...]
-    shipped: tuple[Path, ...]  # the files that ship (a .gguf; model.onnx + its data)
-    dtype: str  # what the stored reference's key calls it
-
-    def coverage(self) -> Coverage:
-        from ..layers import Coverage
-
-        return Coverage(list(self.quantized), list(self.kept_float))
 
 
 @dataclass(frozen=True)
