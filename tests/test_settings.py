@@ -77,6 +77,8 @@ BAD_VALUES = {
     "min_memory_ratio": ("-2", "must be a finite number > 0"),
     "time_budget": ("inf", "must be a finite number > 0"),
     "speed_inconclusive": ("maybe", "must be one of fail, skip, pass"),
+    "int8_runtime": ("vllm", "must be one of torch, llama.cpp, onnxruntime"),
+    "reference_runtime": ("tensorrt", "must be one of torch, llama.cpp, onnxruntime"),
     "new_tokens": ("2.5", "must be a positive integer"),
     "suite": ("perhaps", "must be true or false"),
     "report": ("{nodir}/r.json", "must be a file path in an existing directory"),

@@ -101,12 +101,12 @@ def runtime_side(
     from ..sides.runtimes import RUNTIMES_BY_NAME, file_origin, shipped
 
     path = run or facts.path
+    ran = facts if run is None else _facts_of(run, name)  # what runs, and what it holds
     args: dict[str, object] = {
         "path": str(path),
         "threads": settings.threads,
-        "facts": {"dtype": facts.dtype, "weight_bytes": facts.weight_bytes},
+        "facts": {"dtype": ran.dtype, "weight_bytes": ran.weight_bytes},
     }
-    ran = facts if run is None else _facts_of(run, name)
     return ChildSide(
         RUNTIMES_BY_NAME[name].factory,
         args,
@@ -115,7 +115,7 @@ def runtime_side(
         what=str(path),
         origin=file_origin(facts, name),
         eos=_eos(tokenizer),
-        ship=lambda directory: shipped(facts),
+        ship=lambda directory: shipped(ran),
         probe=partial(lambda f, n, workdir: _probe(f, n), ran, name),
     )
 
