@@ -48,7 +48,7 @@ class FakeTimer:
 class FakeSide:
     """A :class:`~pytest_llmquant.sides.base.ModelSide` with injected step durations."""
 
-    runtime = "fake"
+    runtime = "torch"  # stands in for a torch pair: the messages name no runtime
     origin = None
     dtype = "float32"
 

@@ -196,6 +196,8 @@ def test_two_real_jobs_on_the_tiny_gpt2_merge(
             "window": 256,  # the tiny model's 256 positions cap the default 512
             "reference_dtype": "float32",
             "device": "cpu",
+            "int8_runtime": "torch",
+            "reference_runtime": "torch",
         }
         assert entry["mean_kld_se"] > 0 and entry["memory_ratio"] > 1.5
     print(merged_report.read_text())

