@@ -33,30 +33,10 @@ def _copy(
     tensor: Callable[[Any], tuple[np.ndarray, Any]],
     file_type: int | None = None,
 ) -> Path:
-    """``src`` to ``dst`` with every metadata key, each tensor replaced by ``tensor(t)``:
-    ``(array, raw GGML type or None for a plain float array)``."""
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+    """``src`` to ``dst`` with every metadata key, each tensor replaced by ``tensor(t)``."""
+    from pytest_llmquant.formats.gguf.write import copy_gguf
 
-    reader = GGUFReader(src)
-    writer = GGUFWriter(dst, str(reader.fields["general.architecture"].contents()))
-    for field in reader.fields.values():
-        # GGUF.* are virtual fields and GGUFWriter writes general.architecture itself
-        if field.name.startswith("GGUF.") or field.name == "general.architecture":
-            continue
-        vtype = field.types[0]
-        sub_type = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-        value = field.contents()
-        if field.name == "general.file_type" and file_type is not None:
-            value = file_type
-        writer.add_key_value(field.name, value, vtype, sub_type=sub_type)
-    for t in reader.tensors:
-        data, raw_dtype = tensor(t)
-        writer.add_tensor(t.name, data, raw_dtype=raw_dtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return dst
+    return copy_gguf(src, dst, tensor, file_type)
 
 
 def rewrite_gguf(src: Path, dst: Path, weight_type: str) -> Path:
