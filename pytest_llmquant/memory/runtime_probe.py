@@ -24,13 +24,13 @@ def _status_bytes(field: str) -> int | None:
 
 def serve_in_runtime(args: ProbeArgs) -> ProbeReport:
     """Load ``args["runtime_file"]`` in ``args["runtime"]`` and greedily decode 8 tokens."""
-    from ..sides.host import _factory
+    from ..sides.host import load_factory
     from ..sides.runtimes import RUNTIMES_BY_NAME
     from .rss_probe import hwm_bytes, reset_hwm, rss_bytes
 
     runtime = RUNTIMES_BY_NAME[str(args["runtime"])]
     threads = int(str(args.get("threads") or 1))
-    model = _factory(runtime.factory)(path=str(args["runtime_file"]), threads=threads)
+    model = load_factory(runtime.factory)(path=str(args["runtime_file"]), threads=threads)
     load_peak, loaded = hwm_bytes(), rss_bytes()
     anon, file_backed = _status_bytes("RssAnon"), _status_bytes("RssFile")
     can_reset = reset_hwm()

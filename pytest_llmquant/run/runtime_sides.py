@@ -95,8 +95,6 @@ def runtime_side(
     run: Path | None = None,
 ) -> ChildSide:
     """A side running ``facts``' file (or ``run``, the file that runs in its place) in ``name``."""
-    from functools import partial
-
     from ..sides.child import ChildSide
     from ..sides.runtimes import RUNTIMES_BY_NAME, file_origin, shipped
 
@@ -116,7 +114,7 @@ def runtime_side(
         origin=file_origin(facts, name),
         eos=_eos(tokenizer),
         ship=lambda directory: shipped(ran),
-        probe=partial(lambda f, n, workdir: _probe(f, n), ran, name),
+        probe=lambda workdir: _probe(ran, name),
     )
 
 
@@ -162,8 +160,8 @@ def check_same_vocabulary(reference: object, int8: object, tokenizer: Tokenizer)
     """Refuse, before anything is measured, a pair whose sides read token ids differently:
     the same ids are fed to both, so a different vocabulary would compare other words."""
     from ..models.causal_lm import vocab_size
+    from ..sides.base import sample_ids
     from ..sides.child import ChildSide
-    from ..sides.llamacpp_model import sample_ids
     from .pair import is_side
 
     def size(model: object) -> int:

@@ -1,5 +1,6 @@
 """Model sides: what a gate needs from a model (:mod:`.base`), one implementation per
-runtime (:mod:`.torch_side` today)."""
+runtime: :mod:`.torch_side` in this process, :mod:`.child` for llama.cpp and ONNX Runtime
+(:mod:`.runtimes`), each in a child process of its own."""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ class ModelSide(Protocol):
     """One model as the gates see it: the reference, or the INT8 model under test.
 
     Implementations: :class:`~.torch_side.TorchSide` (any transformers causal LM in this
-    process). A side is cheap to make; what it wraps is loaded once per session by the
+    process) and :class:`~.child.ChildSide` (a runtime's model in a child process). A side is cheap to make; what it wraps is loaded once per session by the
     model store (:mod:`pytest_llmquant.run.store`).
     """
 
@@ -171,6 +171,12 @@ class ModelSide(Protocol):
 def total_bytes(kinds: dict[str, int]) -> int:
     """All bytes of a :meth:`ModelSide.weight_bytes` breakdown."""
     return sum(kinds.values())
+
+
+def sample_ids(vocab: int, n: int = 32) -> list[int]:
+    """Token ids spread over the vocabulary whose spelling a runtime's file reports, so that
+    the pair can check both sides read ids as the same tokens."""
+    return sorted({i * vocab // n for i in range(n)})
 
 
 def in_runtime(label: str, runtime: str) -> str:

@@ -59,7 +59,7 @@ class RuntimeModel(Protocol):
         ...
 
 
-def _factory(path: str) -> Callable[..., RuntimeModel]:
+def load_factory(path: str) -> Callable[..., RuntimeModel]:
     module, _, name = path.partition(":")
     factory: Callable[..., RuntimeModel] = getattr(importlib.import_module(module), name)
     return factory
@@ -95,7 +95,7 @@ def serve(
     try:
         args = spec.get("args") or {}
         assert isinstance(args, dict)
-        model = _factory(str(spec["factory"]))(**args)
+        model = load_factory(str(spec["factory"]))(**args)
         write({"ok": model.describe()})
     except Exception as exc:  # the load's own error, as one line: the parent adds the file
         write(_failure(exc))

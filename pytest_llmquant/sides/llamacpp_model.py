@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .base import sample_ids
+
 if TYPE_CHECKING:
     import numpy as np
     from llama_cpp import Llama
@@ -26,11 +28,6 @@ if TYPE_CHECKING:
 N_BATCH = 512
 #: the decoding instance's context: decode prompts are short (cut to fit)
 DECODE_CONTEXT = 1024
-
-
-def sample_ids(vocab: int, n: int = 32) -> list[int]:
-    """Token ids spread over the vocabulary, whose texts both sides must agree on."""
-    return sorted({i * vocab // n for i in range(n)})
 
 
 class LlamaCppModel:
