@@ -162,6 +162,7 @@ def test_every_gate_measures_onnx_runtime_both_ways(
     # the builder's file keeps the embedding float beside an int8 lm_head: 1.9x, so the
     # file bound of 1.5x passes and 50x fails like the others
     assert got == {name: "passed" if name in PASSING else "failed" for name in got}, got
+    assert len(got) == 8  # every gate ran: an empty run would match the line above
     name = "tiny-llama [onnxruntime MatMulNBits int8]"
     assert f"quant_similarity failed for {name}: mean KLD" in failure_text(result, "test_identical")
     assert "onnxruntime MatMulNBits int8" in failure_text(result, "test_hundred_times_faster")
