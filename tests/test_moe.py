@@ -22,7 +22,12 @@ from pytest_llmquant.int8.build import build_int8
 from pytest_llmquant.schemes import REGISTRY, get_scheme, kernels
 from pytest_llmquant.schemes.int8_math import dequantize
 from pytest_llmquant.schemes.weight_only_experts import Int8Experts
-from pytest_llmquant.sides.torch_weights import FLOAT_EXPERTS, weights_breakdown
+from pytest_llmquant.sides.torch_weights import (
+    FLOAT_EXPERTS,
+    FLOAT_OTHER,
+    file_kept_float,
+    weights_breakdown,
+)
 
 EXPERTS = "model.layers.0.mlp.experts"
 
@@ -115,6 +120,8 @@ def test_save_and_reload_give_identical_logits(mixtral: torch.nn.Module, tmp_pat
     scheme.save(int8, tmp_path)
     layers = json.loads((tmp_path / "llmq-recipe.json").read_text())["layers"]
     assert layers[EXPERTS] == {"kind": "experts", "group_size": 32, "num_experts": 4}
+    # in the file, only the routers are "other" float: the experts' scales are int8 layers'
+    assert file_kept_float(tmp_path, int8)[FLOAT_OTHER] == 2 * 4 * 64 * 4
     reloaded = scheme.load(tmp_path)
     ids = torch.arange(40).unsqueeze(0)
     with torch.inference_mode():

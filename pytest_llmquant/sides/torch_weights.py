@@ -278,7 +278,9 @@ def file_kept_float(
             owner = modules.get(owner_name)
             if owner is None:
                 role = FLOAT_OTHER
-            elif is_float_module(owner):
+            elif all(is_float_module(m) for m in owner.modules()):
+                # (a layer that saves its parts' tensors as its own, as an expert layer
+                # saves its experts' scales, is not float: its parts are int8)
                 role = float_role(owner)
             elif attr.startswith("bias"):
                 role = FLOAT_BIAS
