@@ -226,6 +226,17 @@ def test_a_scheme_that_skips_experts_fails_the_coverage_check(
     )
 
 
+def test_a_torchao_model_with_float_experts_is_described_so(mixtral: torch.nn.Module) -> None:
+    quantization = pytest.importorskip("torchao.quantization")
+    from pytest_llmquant.int8.third_party.detect import describe_int8
+
+    model = copy.deepcopy(mixtral)
+    quantization.quantize_(model, quantization.Int8WeightOnlyConfig())
+    desc = describe_int8(model)
+    assert desc.label == "torchao Int8WeightOnly"
+    assert desc.method.endswith("; 4 expert banks still float (experts not quantized)")
+
+
 TORCHAO_HOOK = """
 import copy
 
