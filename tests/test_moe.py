@@ -98,13 +98,27 @@ def test_coverage_counts_expert_banks_by_bytes(mixtral: torch.nn.Module) -> None
     )
 
 
-def test_dynamic_int8_says_its_experts_stay_float(mixtral: torch.nn.Module) -> None:
-    _, cov = build_int8(mixtral, "dynamic-int8")
-    assert cov.complete  # it does not claim experts, and says so
-    assert "0 of 4 expert banks (2 layers); float: experts 0.8 MB" in str(cov)
-    assert str(cov).endswith(
-        "(experts stay float: torch.ao quantize_dynamic has no path for 3-D expert weights)"
-    )
+@pytest.mark.parametrize(
+    ("scheme", "why"),
+    [
+        ("dynamic-int8", "torch.ao quantize_dynamic has no path for 3-D expert weights"),
+        (
+            "weight-only-int8-bf16",
+            "weight-only-int8-bf16 quantizes linear layers only; weight-only-int8 does experts",
+        ),
+        (
+            "smoothquant-w8a8",
+            "smoothquant-w8a8 quantizes linear layers only; weight-only-int8 does experts",
+        ),
+    ],
+)
+def test_the_other_schemes_say_their_experts_stay_float(
+    mixtral: torch.nn.Module, scheme: str, why: str
+) -> None:
+    _, cov = build_int8(mixtral, scheme)
+    assert cov.complete  # they do not claim experts, and say so
+    assert "9 of 9 linear layers, 0 of 4 expert banks (2 layers); float: experts 0.8 MB" in str(cov)
+    assert str(cov).endswith(f"(experts stay float: {why})")
 
 
 def test_float_experts_are_named_experts_in_the_memory_breakdown(
