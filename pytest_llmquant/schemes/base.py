@@ -89,9 +89,9 @@ class QuantScheme:
         raise NotImplementedError
 
     def rebuild_module(
-        self, tensors: dict[str, torch.Tensor], meta: Recipe, empty: nn.Module
+        self, name: str, tensors: dict[str, torch.Tensor], meta: Recipe, empty: nn.Module
     ) -> nn.Module:
-        """Rebuild one quantized layer on load, where ``empty`` is the float module the
+        """Rebuild quantized layer ``name`` on load, where ``empty`` is the float module the
         config builds at its place (unfilled): a layer that keeps something of the
         original besides tensors (an expert layer's activation) takes it from there.
         Default: :meth:`module_from_tensors`."""

@@ -143,7 +143,7 @@ def _rebuild(
                 k[len(prefix) :]: layer_file.get_tensor(k) for k in keys if k.startswith(prefix)
             }
             empty = model.get_submodule(name)
-            set_submodule(model, name, scheme.rebuild_module(parts, meta, empty))
+            set_submodule(model, name, scheme.rebuild_module(name, parts, meta, empty))
             del parts
     for alias, source in recipe["tied"].items():
         if alias in result.missing_keys:  # alias of a tensor we stored once

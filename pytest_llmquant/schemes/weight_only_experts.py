@@ -150,11 +150,16 @@ class Int8Experts(nn.Module):
 
     @classmethod
     def from_saved(
-        cls, tensors: dict[str, torch.Tensor], group_size: int | None, empty: nn.Module
+        cls,
+        name: str,
+        tensors: dict[str, torch.Tensor],
+        group_size: int | None,
+        empty: nn.Module,
     ) -> Int8Experts:
-        """The layer :meth:`int8_state` saved; ``empty`` (the float layer the config
-        builds at its place) gives the activation, and is checked as at quantize time."""
-        expert_matrices("(reloaded)", empty)
+        """Layer ``name`` as :meth:`int8_state` saved it; ``empty`` (the float layer the
+        config builds at its place) gives the activation, and is checked as at quantize
+        time (another transformers version may have changed the class)."""
+        expert_matrices(name, empty)
         gate_up = _layers(tensors["gate_up_int8"], tensors["gate_up_scales"], group_size)
         down = _layers(tensors["down_int8"], tensors["down_scales"], group_size)
         return cls(gate_up, down, empty.act_fn, group_size)

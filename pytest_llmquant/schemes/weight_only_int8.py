@@ -128,11 +128,11 @@ class WeightOnlyInt8(QuantScheme):
         return parts, meta
 
     def rebuild_module(
-        self, tensors: dict[str, torch.Tensor], meta: Recipe, empty: nn.Module
+        self, name: str, tensors: dict[str, torch.Tensor], meta: Recipe, empty: nn.Module
     ) -> nn.Module:
         if meta.get("kind") == "experts":
             kernels.available()
-            return Int8Experts.from_saved(tensors, meta["group_size"], empty)
+            return Int8Experts.from_saved(name, tensors, meta["group_size"], empty)
         return self.module_from_tensors(tensors, meta)
 
     def module_from_tensors(self, tensors: dict[str, torch.Tensor], meta: Recipe) -> nn.Module:
