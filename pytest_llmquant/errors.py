@@ -25,3 +25,9 @@ class LlmqSkip(LlmqError):
 
 class LlmqModelError(LlmqError):
     """A model could not be loaded or quantized, for a reason outside our control."""
+
+
+class LlmqUnsupportedLayerError(LlmqUsageError):
+    """A scheme met a layer it cannot quantize faithfully (an expert layer whose class does
+    not follow the expert API it knows): it refuses the model rather than skip the layer
+    silently. The message names the module and its class."""

@@ -98,9 +98,25 @@ def loads(llmq_pair: ModelPair) -> None:
 
 
 def coverage(llmq_pair: ModelPair) -> None:
-    """Every linear layer (nn.Linear and Conv1D) is quantized; the failure lists what is not."""
+    """Every weight kind the INT8 model's maker claims to quantize is quantized: linear
+    layers (nn.Linear and Conv1D), lm_head, expert banks; the failure names what is not."""
     cov = llmq_pair.coverage
-    assert cov.complete, f"{llmq_pair.name}: {cov}"
+    problems = cov.problems()
+    if cov.total == 0 and not problems:
+        problems = ["no linear layer was counted"]
+    assert not problems, (
+        f"{llmq_pair.name}: {'; '.join(problems)}, where {_maker(llmq_pair)} should "
+        f"quantize {', '.join(cov.expected)} ({cov})"
+    )
+
+
+def _maker(pair: ModelPair) -> str:
+    """Who is held to quantize those kinds: our scheme (it declares them), else the user's
+    model (every kind but embeddings and norms)."""
+    origin = pair.origin
+    if origin is None or origin.route == "scheme":
+        return f"scheme {pair.scheme!r}"
+    return f"{origin.label} (from the {origin.made_by})"
 
 
 def finite(llmq_pair: ModelPair, llmq_session: LlmqSession) -> None:

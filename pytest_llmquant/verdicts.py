@@ -343,7 +343,10 @@ def memory_verdict(
         message += "; its weights are " + ("of unknown width" if bits is None else f"{bits}-bit")
     kept = getattr(r, "kept_float", None)
     if kept:
-        message += "; still float: " + ", ".join(f"{k} {_mb(v)}" for k, v in list(kept.items())[:3])
+        shown = list(kept.items())[:3]
+        message += "; still float: " + ", ".join(
+            f"{k.removeprefix('float: ')} {_mb(v)}" for k, v in shown
+        )
     rows = [
         Row(
             f"memory ({r.kind})",

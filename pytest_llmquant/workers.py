@@ -98,9 +98,7 @@ class WorkerResults:
                 self.record.pairs[name] = data
                 cov = data.get("coverage") or {}
                 if "quantized_layers" in cov:
-                    self.record.coverages[name] = Coverage(
-                        cov["quantized_layers"], cov.get("kept_float", [])
-                    )
+                    self.record.coverages[name] = Coverage.from_dict(cov)
             elif key == LOAD_PROPERTY:
                 load = json.loads(value)
                 self.record.add_load(load["spec"], Load(load["seconds"], load.get("note", "")))

@@ -37,6 +37,14 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_mixtral_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Mixtral-style MoE saved like a hub checkpoint: 2 layers, 4 experts, top-2, hidden 64."""
+    from arch_models import make_tiny
+
+    return make_tiny("mixtral", tmp_path_factory.mktemp("tiny-mixtral"))
+
+
+@pytest.fixture(scope="session")
 def smollm2_available() -> None:
     import importlib.util
 

@@ -87,7 +87,10 @@ def test_entries_carry_the_extra_info(saved: Path) -> None:
     info = by_name["test_generate_int8"]["extra_info"]
     assert info["scheme"] == "weight-only-int8" and info["precision"] == "int8"
     assert info["new_tokens"] == 8 and info["ms_per_token"] > 0 and info["tokens_per_s"] > 0
-    assert info["speedup"] > 0 and info["coverage"] == "quantized 9 of 9 linear layers"
+    assert info["speedup"] > 0
+    assert info["coverage"].endswith(
+        "% of weight bytes: 9 of 9 linear layers; float: embeddings 0.2 MB, norms"
+    )
     assert {"torch", "transformers", "threads", "device", "model"} <= set(info)
     assert by_name["test_generate_fp32"]["group"] == by_name["test_generate_int8"]["group"]
 

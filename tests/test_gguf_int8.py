@@ -336,7 +336,7 @@ def test_the_llama_cpp_pair_through_the_plugin(
     result.stdout.fnmatch_lines(
         [
             "*::test_similar_and_small[[]smollm2.F16-gguf-Q8_0] ORIGIN gguf Q8_0 (8-bit weights, "
-            "made by the --llmq-int8-model) quantized 211 of 211 linear layers",
+            "made by the --llmq-int8-model) quantized *% of weight bytes: 211 of 211 linear layers*",
             "*smollm2.F16 [[]gguf Q8_0]  (* threads, device cpu)",
             "mean KLD * ≤ 0.01 * ok",
             "memory (weights) * ok",

@@ -289,7 +289,9 @@ def test_probe_subprocess_on_tiny_gpt2(tiny_probe: Any) -> None:
     proc, args = tiny_probe
     report = rss._finish_probe(proc, args, timeout=300)
     assert report["generated_tokens"] == 8
-    assert report["coverage"] == "quantized 9 of 9 linear layers"
+    assert report["coverage"].endswith(
+        "% of weight bytes: 9 of 9 linear layers; float: embeddings 0.2 MB, norms"
+    )
     assert report["peak_bytes"] >= report["load_peak_bytes"] >= report["loaded_bytes"] > 0
     if sys.platform.startswith("linux"):
         assert report["source"] == "VmHWM"

@@ -57,12 +57,13 @@ def test_report_has_every_pair_and_gate_in_strict_json() -> None:
     assert data["passed"] is False
     assert data["counts"] == {"gates": 4, "failed": 1}
     pair = data["pairs"][PAIR]
-    assert pair["coverage"] == {
+    assert {k: pair["coverage"][k] for k in ("quantized", "total", "kept_float")} == {
         "quantized": 3,
         "total": 4,
         "kept_float": ["lm_head"],
-        "quantized_layers": ["a", "b", "c"],
     }
+    assert pair["coverage"]["quantized_layers"] == ["a", "b", "c"]
+    assert pair["coverage"]["summary"] == "quantized 3 of 4 linear layers (FP32: lm_head)"
     assert [g["gate"] for g in pair["gates"]] == [
         "quant_similarity",
         "quant_speedup",

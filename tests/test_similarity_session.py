@@ -53,14 +53,16 @@ def run(pytester: pytest.Pytester, model_dir: Path, cache_dir: Path) -> dict:
     return json.loads((pytester.path / "record.json").read_text())
 
 
+@pytest.mark.parametrize("model", ["tiny_gpt2_dir", "tiny_mixtral_dir"], ids=["gpt2", "mixtral"])
 def test_the_second_session_reads_the_fp32_side_from_the_cache(
-    pytester: pytest.Pytester, tiny_gpt2_dir: Path, cache_dir: Path
+    pytester: pytest.Pytester, model: str, cache_dir: Path, request: pytest.FixtureRequest
 ) -> None:
+    model_dir = request.getfixturevalue(model)
     pytester.makepyfile(GATE_AND_RECORD)
-    first = run(pytester, tiny_gpt2_dir, cache_dir)
+    first = run(pytester, model_dir, cache_dir)
     assert first["fp32_calls"] == 0  # the first test of this session already stored it
     assert {"similarity-greedy", "similarity-reference"} <= {p.name for p in cache_dir.iterdir()}
-    second = run(pytester, tiny_gpt2_dir, cache_dir)
+    second = run(pytester, model_dir, cache_dir)
     assert second["fp32_calls"] == 0
     assert second["result"] == first["result"]
 

@@ -53,7 +53,9 @@ def test_override_the_int8_model_fixture(pytester: pytest.Pytester, tiny_gpt2_di
     pytester.makepyfile(GATED)
     result = run(pytester, tiny_gpt2_dir)
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*INT8 TYPE MyInt8Linear quantized 9 of 9 linear layers*"])
+    result.stdout.fnmatch_lines(
+        ["*INT8 TYPE MyInt8Linear quantized *% of weight bytes: 9 of 9 linear layers*"]
+    )
 
 
 def test_quantize_hook(pytester: pytest.Pytester, tiny_gpt2_dir: Path) -> None:
@@ -90,7 +92,10 @@ def test_pre_quantized_checkpoint(
     result = run(pytester, tiny_gpt2_dir, f"--llmq-int8-model={tmp_path / 'int8'}", "-v")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        ["*test_gate?tiny-gpt2*-dynamic-int8? *", "*quantized 9 of 9 linear layers*"]
+        [
+            "*test_gate?tiny-gpt2*-dynamic-int8? *",
+            "*quantized *% of weight bytes: 9 of 9 linear layers*",
+        ]
     )
 
 
@@ -142,7 +147,7 @@ def test_a_hook_may_name_its_model(pytester: pytest.Pytester, tiny_gpt2_dir: Pat
     result.stdout.fnmatch_lines(
         [
             "*test_gate?tiny-gpt2*-hook? *",
-            "*tiny-gpt2* [[]team recipe v2]: quantized 9 of 9 linear layers; team recipe v2, "
+            "*tiny-gpt2* [[]team recipe v2]: quantized *% of weight bytes: 9 of 9 linear layers; float: embeddings 0.2 MB, norms; team recipe v2, "
             "made by the pytest_llmq_quantize hook",
             "*[[]team recipe v2]  (*",
         ]

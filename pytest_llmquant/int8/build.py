@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ..errors import LlmqModelError, LlmqUsageError
 from ..heap import give_back_freed_memory
 from ..layers import Coverage, coverage, linear_like_layers
+from ..weight_kinds import QUANTIZABLE
 from .routes.base import Int8Built, QuantizeHook
 
 if TYPE_CHECKING:
@@ -55,10 +56,34 @@ def check_quantizable(reference: CausalLM, what: str, label: str) -> None:
         )
 
 
+def claims(scheme: str | None) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The weight kinds our ``scheme`` quantizes and why it leaves others float; a model
+    no scheme of ours made (None) is expected to quantize all but embeddings and norms."""
+    if scheme is None:
+        return QUANTIZABLE, {}
+    from ..schemes import REGISTRY, get_scheme
+
+    if scheme not in REGISTRY:
+        return QUANTIZABLE, {}
+    quant = get_scheme(scheme)
+    return quant.quantizes, dict(quant.float_by_design)
+
+
 def checked(
-    reference: CausalLM, int8_model: CausalLM, before: torch.Tensor, what: str, label: str
+    reference: CausalLM,
+    int8_model: CausalLM,
+    before: torch.Tensor,
+    what: str,
+    label: str,
+    *,
+    expected: tuple[str, ...] = QUANTIZABLE,
+    notes: dict[str, str] | None = None,
 ) -> Coverage:
-    """The reference is unchanged and the INT8 model has at least one quantized layer."""
+    """The reference is unchanged and the INT8 model has at least one quantized layer.
+
+    ``expected`` are the weight kinds the maker claims to quantize (a scheme's
+    ``quantizes``; everything but embeddings and norms for a user's model), ``notes`` why
+    a kind stays float by design: both go into the coverage the suite checks."""
     import torch
 
     int8_model.eval()
@@ -67,8 +92,8 @@ def checked(
             f"quantizing {label} with {what} changed the FP32 model; a quantizer must work "
             "on a copy (copy.deepcopy) so the gates compare against the real FP32 model"
         )
-    cov = coverage(reference, int8_model)
-    if not cov.quantized:
+    cov = coverage(reference, int8_model, expected=expected, notes=notes)
+    if not (cov.quantized or cov.experts_quantized):
         raise LlmqUsageError(
             f"{what} quantized none of the {cov.total} linear layers of {label}; the INT8 "
             "model would be FP32 in disguise — check the quantizer"
@@ -95,7 +120,15 @@ def build_int8(
     work = private_copy(reference, share_float_weights=quant.shares_float_weights)
     quant.prepare(work, calibration)
     int8_model = quant.quantize(work)
-    cov = checked(reference, int8_model, before, repr(scheme), label)
+    cov = checked(
+        reference,
+        int8_model,
+        before,
+        repr(scheme),
+        label,
+        expected=quant.quantizes,
+        notes=quant.float_by_design,
+    )
     give_back_freed_memory()
     return int8_model, cov
 

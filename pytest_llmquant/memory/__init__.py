@@ -29,6 +29,7 @@ from ..sides.base import ModelSide, total_bytes
 from ..sides.torch_weights import (
     FLOAT_BIAS,
     FLOAT_EMBED,
+    FLOAT_EXPERTS,
     FLOAT_LINEAR,
     FLOAT_NORM,
     FLOAT_OTHER,
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FLOAT_BIAS",
     "FLOAT_EMBED",
+    "FLOAT_EXPERTS",
     "FLOAT_LINEAR",
     "FLOAT_NORM",
     "FLOAT_OTHER",

@@ -45,6 +45,11 @@ class QuantScheme:
     #: second full-precision copy in memory). A scheme that folds scales into norms in
     #: place (SmoothQuant) must leave this False.
     shares_float_weights: ClassVar[bool] = False
+    #: the weight kinds (:data:`pytest_llmquant.weight_kinds.KINDS`) this scheme
+    #: quantizes: the suite's ``coverage`` check fails when one of them stays float
+    quantizes: ClassVar[tuple[str, ...]] = ("linear", "lm_head", "experts")
+    #: kinds it leaves float on purpose, and why, said in its coverage line
+    float_by_design: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **config: object) -> None:
         #: the user's keywords as given (JSON-ready: they go into the recipe)
@@ -82,6 +87,15 @@ class QuantScheme:
     def module_from_tensors(self, tensors: dict[str, torch.Tensor], meta: Recipe) -> nn.Module:
         """Rebuild one quantized layer from what ``state_tensors`` returned."""
         raise NotImplementedError
+
+    def rebuild_module(
+        self, name: str, tensors: dict[str, torch.Tensor], meta: Recipe, empty: nn.Module
+    ) -> nn.Module:
+        """Rebuild quantized layer ``name`` on load, where ``empty`` is the float module the
+        config builds at its place (unfilled): a layer that keeps something of the
+        original besides tensors (an expert layer's activation) takes it from there.
+        Default: :meth:`module_from_tensors`."""
+        return self.module_from_tensors(tensors, meta)
 
     def is_quantized_module(self, module: nn.Module) -> bool:
         raise NotImplementedError

@@ -28,6 +28,8 @@ def _dynamic_linear_type() -> type:
 class DynamicInt8(QuantScheme):
     name = "dynamic-int8"
     shares_float_weights = True  # it replaces linear layers, never writes to a weight
+    quantizes = ("linear", "lm_head")
+    float_by_design = {"experts": "torch.ao quantize_dynamic has no path for 3-D expert weights"}
     summary = (
         "torch.ao quantize_dynamic: per-tensor int8 weights and per-tensor dynamic int8 "
         "activations (the seed recipe, Conv1D included)"

@@ -27,7 +27,16 @@ if TYPE_CHECKING:
 def save_int8(scheme: QuantScheme, model: Any, directory: Path) -> None:
     from safetensors.torch import save_file
 
-    quantized = {n: m for n, m in model.named_modules() if n and scheme.is_quantized_module(m)}
+    quantized: dict[str, Any] = {}
+    for n, m in model.named_modules():
+        # a quantized layer's own quantized parts (an expert layer's per-expert layers)
+        # are its business: it saves them in its state_tensors
+        if (
+            n
+            and scheme.is_quantized_module(m)
+            and not n.startswith(tuple(p + "." for p in quantized))
+        ):
+            quantized[n] = m
     if not quantized:
         raise LlmqUsageError(
             f"the model has no {scheme.name!r} layers to save; quantize it with that scheme first"
@@ -133,7 +142,8 @@ def _rebuild(
             parts = {
                 k[len(prefix) :]: layer_file.get_tensor(k) for k in keys if k.startswith(prefix)
             }
-            set_submodule(model, name, scheme.module_from_tensors(parts, meta))
+            empty = model.get_submodule(name)
+            set_submodule(model, name, scheme.rebuild_module(name, parts, meta, empty))
             del parts
     for alias, source in recipe["tied"].items():
         if alias in result.missing_keys:  # alias of a tensor we stored once

@@ -225,6 +225,10 @@ class SmoothQuantW8A8(QuantScheme):
     #: measured on SmolLM2-135M over the default corpus (benchmarks/schemes.py); W8A8
     #: per token is markedly worse than weight-only, see the frontier table in docs/schemes.md
     kld_bound = 0.1
+    quantizes = ("linear", "lm_head")
+    float_by_design = {
+        "experts": "smoothquant-w8a8 quantizes linear layers only; weight-only-int8 does experts"
+    }
 
     def __init__(self, **config: Any) -> None:  # the user's keywords, parsed here
         config.setdefault("alpha", 0.5)

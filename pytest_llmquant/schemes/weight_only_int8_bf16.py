@@ -245,6 +245,10 @@ class WeightOnlyInt8Bf16(QuantScheme):
     #: measured 0.0015 on SmolLM2-135M over the default corpus (benchmarks/schemes.py),
     #: rounded up with room for the corpus and library versions changing
     kld_bound = 0.003
+    quantizes = ("linear", "lm_head")
+    float_by_design = {
+        "experts": "weight-only-int8-bf16 quantizes linear layers only; weight-only-int8 does experts"
+    }
 
     def __init__(self, **config: Any) -> None:  # the user's keywords, parsed here
         config.setdefault("rounding", "gptq")

@@ -35,6 +35,7 @@ FLOAT_BIAS = "float: biases of int8 layers"
 FLOAT_EMBED = "float: embeddings"
 FLOAT_NORM = "float: norms"
 FLOAT_LINEAR = "float: linear layers (not quantized)"
+FLOAT_EXPERTS = "float: experts (expert banks not quantized)"
 FLOAT_OTHER = "float: other (positional tables, buffers, ...)"
 OTHER = "other (integer and bool buffers)"
 ROLES: tuple[str, ...] = (
@@ -43,6 +44,7 @@ ROLES: tuple[str, ...] = (
     FLOAT_EMBED,
     FLOAT_NORM,
     FLOAT_LINEAR,
+    FLOAT_EXPERTS,
     FLOAT_OTHER,
     OTHER,
 )
@@ -125,8 +127,11 @@ def float_role(module: nn.Module) -> str:
     from torch import nn
 
     from ..layers import is_linear_like
+    from ..weight_kinds import is_expert_layer
 
     name = type(module).__name__
+    if is_expert_layer(module):  # 3-D expert banks (transformers 5 MoE layers)
+        return FLOAT_EXPERTS
     if isinstance(module, nn.Embedding) or "Embedding" in name:
         return FLOAT_EMBED
     if "Norm" in name:
@@ -213,7 +218,8 @@ def weights_breakdown(model: nn.Module, by: Literal["role", "dtype"] = "role") -
     """:func:`weights_bytes` split by role (the default) or by dtype, largest first.
 
     Roles: ``int8 layers (weights + scales)``, then what stays in float: biases of
-    int8 layers, embeddings, norms, linear layers the scheme did not quantize, other
+    int8 layers, embeddings, norms, linear layers and expert banks the scheme did not
+    quantize, other
     float tensors (positional tables, rotary buffers), and integer/bool buffers. The
     values add up to :func:`weights_bytes`. A tied embedding counts under the first
     module that holds it (the input embedding, as it comes first).
@@ -272,7 +278,9 @@ def file_kept_float(
             owner = modules.get(owner_name)
             if owner is None:
                 role = FLOAT_OTHER
-            elif is_float_module(owner):
+            elif all(is_float_module(m) for m in owner.modules()):
+                # (a layer that saves its parts' tensors as its own, as an expert layer
+                # saves its experts' scales, is not float: its parts are int8)
                 role = float_role(owner)
             elif attr.startswith("bias"):
                 role = FLOAT_BIAS

@@ -30,7 +30,7 @@ PICKLES = {"pytorch_model.bin", "model.pt", "quantized_model.pt"}
 
 def checked_coverage(built: Int8Built, path: str, reference: CausalLM) -> Int8Built:
     """``built``, refused when none of the reference's linear layers is quantized in it."""
-    if not built.coverage.quantized:
+    if not (built.coverage.quantized or built.coverage.experts_quantized):
         raise LlmqUsageError(
             f"--llmq-int8-model={path} ({built.origin.label}) has none of the FP32 model's "
             f"{built.coverage.total} linear layers quantized; is it the INT8 copy of --llmq-model?"
@@ -66,6 +66,7 @@ class CheckpointRoute:
     def build_or_load(self, request: Int8Request) -> Int8Built | None:
         """The checkpoint loaded as its maker loads it."""
         from ...layers import coverage
+        from ..build import claims
         from ..third_party.probe import load_saved_int8
 
         path = request.checkpoint
@@ -73,7 +74,9 @@ class CheckpointRoute:
             return None
         origin = self.origin_of(path)
         model = load_saved_int8(path, device=request.device)
-        built = Int8Built(model, coverage(request.reference, model), origin)
+        expected, notes = claims(origin.scheme)
+        cov = coverage(request.reference, model, expected=expected, notes=notes)
+        built = Int8Built(model, cov, origin)
         return checked_coverage(built, path, request.reference)
 
     def ship(self, model: CausalLM, origin: Int8Origin, directory: Path) -> ShippedFile:

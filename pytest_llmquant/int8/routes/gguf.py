@@ -32,6 +32,7 @@ class GgufRoute:
 
     def build_or_load(self, request: Int8Request) -> Int8Built | None:
         from ...layers import coverage
+        from ..build import claims
         from ..gguf_q8_0 import load_gguf_int8
         from .checkpoint import checked_coverage
 
@@ -40,7 +41,9 @@ class GgufRoute:
             return None
         origin = self.origin_of(path)
         model = load_gguf_int8(path, request.reference, device=request.device)
-        built = Int8Built(model, coverage(request.reference, model), origin)
+        expected, notes = claims(origin.scheme)
+        cov = coverage(request.reference, model, expected=expected, notes=notes)
+        built = Int8Built(model, cov, origin)
         return checked_coverage(built, path, request.reference)
 
     def ship(self, model: CausalLM, origin: Int8Origin, directory: Path) -> ShippedFile:

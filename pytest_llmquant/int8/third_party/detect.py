@@ -218,6 +218,14 @@ def _float_linear_count(model: nn.Module) -> int:
     return sum(1 for m in linear_like_layers(model).values() if is_float_layer(m))
 
 
+def _float_expert_banks(model: nn.Module) -> int:
+    """Expert banks (3-D float parameters of MoE layers) the model still holds in float:
+    no library that quantizes ``nn.Linear`` layers touches them."""
+    from ...weight_kinds import expert_bank_names, expert_layers
+
+    return sum(len(expert_bank_names(m)) for m in expert_layers(model).values())
+
+
 def describe_int8(model: nn.Module) -> Int8Description:
     """Label ``model`` by the quantized layers it holds (the most common kind wins; the
     others are named in ``method``), with ``quant_method`` from its transformers config.
@@ -256,6 +264,8 @@ def describe_int8(model: nn.Module) -> Int8Description:
     main = found[top]
     extra = "".join(f"; also {k} ({v} layers)" for k, v in others)
     kept = f"; {floats} linear layers still float" if floats else ""
+    banks = _float_expert_banks(model)
+    kept += f"; {banks} expert banks still float (experts not quantized)" if banks else ""
     return Int8Description(
         main.label,
         main.bits,
