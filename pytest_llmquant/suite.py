@@ -152,6 +152,7 @@ def round_trip(llmq_pair: ModelPair, llmq_session: LlmqSession, tmp_path: Path) 
 
     from .run.pair import is_side
     from .schemes import get_scheme
+    from .schemes import names as scheme_names
     from .sides.torch_side import TorchSide
 
     model = llmq_pair.int8
@@ -160,7 +161,11 @@ def round_trip(llmq_pair: ModelPair, llmq_session: LlmqSession, tmp_path: Path) 
             f"the INT8 model is the file {llmq_pair.int8_side.runtime} runs, gated as it "
             "ships: there is no pytest-llmquant save format to go through"
         )
-    scheme = get_scheme(llmq_pair.scheme) if not is_side(model) else None
+    # the scheme whose layers the model holds: a Q8_0 GGUF's label is "gguf Q8_0", its
+    # layers weight-only-int8's
+    origin = llmq_pair.origin
+    name = origin.scheme if origin is not None and origin.scheme else llmq_pair.scheme
+    scheme = get_scheme(name) if not is_side(model) and name in scheme_names() else None
     if scheme is None or not any(scheme.is_quantized_module(m) for m in model.modules()):  # type: ignore[union-attr]
         pytest.skip(
             f"the INT8 model was not built by scheme {llmq_pair.scheme!r}, so it has no "

@@ -149,6 +149,7 @@ class _Loaded:
 
     def __init__(self) -> None:
         self.int8: dict[str, nn.Module] = {}  # linear module name -> WeightOnlyInt8Linear
+        self.experts: dict[str, nn.Module] = {}  # expert module name -> Int8Experts
         self.floats: dict[str, torch.Tensor] = {}  # parameter name -> float32 tensor
         self.q8_embedding: GGUFTensor | None = None  # token_embd, when it is Q8_0
 
@@ -157,18 +158,21 @@ def _read_tensors(
     header: GGUFHeader, path: str | Path, model: PreTrainedModel, processor: TensorProcessor
 ) -> _Loaded:
     """Turn each GGUF tensor into an int8 layer (Q8_0 weights of linear layers) or a float32
-    tensor (everything else, processed exactly as transformers' GGUF loader does)."""
+    tensor (everything else, processed exactly as transformers' GGUF loader does); stacked
+    expert tensors go to :mod:`.gguf_experts`."""
     import torch
     from torch import nn
 
     from ..schemes import get_scheme
+    from .gguf_experts import ExpertTensors, load_experts
 
     scheme = get_scheme("weight-only-int8", group_size=Q8_0_BLOCK)
-    mapping = weights_map(model, processor)
+    mapping = weights_map(model, processor, str(header.fields.get("general.architecture")))
     linears = {f"{n}.weight": n for n, m in model.named_modules() if type(m) is nn.Linear}
     expected = {n: tuple(t.shape) for n, t in model.state_dict(keep_vars=True).items()}
     embedding = _module_name(model, model.get_input_embeddings())
     out = _Loaded()
+    experts = ExpertTensors()
 
     def check_shape(gguf_name: str, hf_name: str, shape: tuple[int, ...]) -> None:
         if expected.get(hf_name, shape) != shape:
@@ -178,6 +182,8 @@ def _read_tensors(
             )
 
     for tensor in header.tensors:
+        if experts.take(tensor):
+            continue
         if tensor.type_name == INT8_TYPE and len(tensor.shape) == 2:
             rows, cols = tensor.shape
             moved = row_order(processor, tensor.name, (rows, cols), mapping)
@@ -203,6 +209,8 @@ def _read_tensors(
         for hf_name, value in made["tensors"].items():
             check_shape(processed, hf_name, tuple(value.shape))
             out.floats[hf_name] = value.to(torch.float32)
+    out.experts, float_banks = load_experts(experts, model, path)
+    out.floats.update(float_banks)
     return out
 
 
@@ -235,6 +243,8 @@ def _assemble(
         bias = loaded.floats.pop(f"{name}.bias", None)
         if bias is not None:
             layer.bias = bias
+    for name, layer in loaded.experts.items():
+        set_submodule(model, name, layer)
     model.load_state_dict(loaded.floats, strict=False, assign=True)
     output, embedding = model.get_output_embeddings(), model.get_input_embeddings()
     if isinstance(output, nn.Linear) and output.weight.is_meta and embedding is not None:

@@ -79,6 +79,8 @@ def _explain(exc: BaseException, source: ModelSource) -> LlmqUsageError:
         return LlmqUsageError(
             f"loading --llmq-model={spec} needs a missing package ({text}); install it"
         )
+    if source.kind == "gguf" and _is_architecture_not_read(exc):
+        return LlmqUsageError(f"--llmq-model={spec} {text}")
     if source.kind == "gguf":
         return LlmqUsageError(
             f"--llmq-model={spec} is not a readable GGUF model (truncated or corrupt: {text[:120]}); "
@@ -95,6 +97,12 @@ def _explain(exc: BaseException, source: ModelSource) -> LlmqUsageError:
     return LlmqUsageError(
         f"could not load --llmq-model={spec}: {text[:200]}; check the model files"
     )
+
+
+def _is_architecture_not_read(exc: BaseException) -> bool:
+    from ..formats.gguf.fp32 import ArchitectureNotRead
+
+    return isinstance(exc, ArchitectureNotRead)
 
 
 def _is_safetensors_error(exc: BaseException) -> bool:

@@ -90,6 +90,25 @@ def convert_gguf_to_fp32(
         _convert(header, path, Path(directory), say)
 
 
+class ArchitectureNotRead(ValueError):
+    """transformers' GGUF loader would read this file as another model than it is."""
+
+
+def _check_experts_read(header: GGUFHeader, arch: str, parsed: dict[str, Any]) -> None:
+    """llama.cpp writes a Mixtral as a ``llama`` with ``llama.expert_count``; transformers'
+    GGUF config table has no expert keys for ``llama``, so it would build a dense model and
+    the experts would be found missing, reported as a corrupt file. Say what it is instead."""
+    experts = header.fields.get(f"{arch}.expert_count")
+    known = {"num_local_experts", "num_experts"} & set(parsed)
+    if isinstance(experts, int) and experts > 1 and not known:
+        raise ArchitectureNotRead(
+            f"is a mixture-of-experts {arch!r} GGUF ({experts} experts, as llama.cpp writes a "
+            "Mixtral), which transformers' GGUF loader reads as a dense model; pass the "
+            "transformers checkpoint directory as --llmq-model (this file, or its Q8_0, can "
+            "be --llmq-int8-model)"
+        )
+
+
 def _convert(header: GGUFHeader, path: Path, directory: Path, say: Callable[[str], None]) -> None:
     import torch
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
@@ -98,6 +117,7 @@ def _convert(header: GGUFHeader, path: Path, directory: Path, say: Callable[[str
     arch = str(header.fields.get("general.architecture") or "")
     say("reading the GGUF config")
     parsed = gguf_utils.load_gguf_checkpoint(str(path), return_tensors=False)["config"]
+    _check_experts_read(header, arch, parsed)
     config = AutoConfig.for_model(**parsed)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -69,11 +69,14 @@ def type_counts(header: GGUFHeader) -> dict[str, int]:
 
 
 def q8_0_blocks(tensor: GGUFTensor, path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(q int8 (rows, cols), scales float32 (rows, cols / 32))`` of a Q8_0 tensor, bit-exact."""
+    """``(q int8 (rows, cols), scales float32 (rows, cols / 32))`` of a Q8_0 tensor, bit-exact;
+    a tensor of more dimensions (an MoE layer's experts, stacked) keeps its leading ones:
+    ``(experts, rows, cols)`` and ``(experts, rows, cols / 32)``."""
     import numpy as np
     import torch
 
-    rows = tensor.shape[0]
+    lead = tuple(tensor.shape[:-1])
+    rows = int(np.prod(lead))
     if tensor.data is None:  # only a type the reader does not know has no data
         raise LlmqUsageError(f"{_option(path)}: tensor {tensor.name} is not readable as Q8_0")
     blocks = tensor.data.reshape(rows, -1, _Q8_0_BYTES)  # uint8, memory-mapped
@@ -84,4 +87,5 @@ def q8_0_blocks(tensor: GGUFTensor, path: str | Path) -> tuple[torch.Tensor, tor
             f"{_option(path)}: tensor {tensor.name} has a non-finite Q8_0 scale (corrupt "
             "file); download or convert it again"
         )
+    q, scales = q.reshape(*lead, -1), scales.reshape(*lead, -1)
     return torch.from_numpy(q), torch.from_numpy(scales)

@@ -97,8 +97,14 @@ def hparams_from_header(header: GGUFHeader, arch: str) -> dict[str, GGUFValue]:
     return hparams
 
 
-def weights_map(model: nn.Module, processor: TensorProcessor) -> dict[str, str]:
+def weights_map(
+    model: nn.Module, processor: TensorProcessor, file_architecture: str | None = None
+) -> dict[str, str]:
     """GGUF tensor name -> parameter name, by transformers' ``get_gguf_hf_weights_map``.
+
+    The model's own ``model_type`` picks gguf's name table; where gguf has none for it
+    (llama.cpp writes a Mixtral as a ``llama`` with experts), the file's
+    ``file_architecture`` does.
 
     That function walks every submodule and builds gguf's name table anew at each of them
     (~400 tables, ~12 s for SmolLM2 on this CPU); it only needs the top level and its
@@ -120,7 +126,12 @@ def weights_map(model: nn.Module, processor: TensorProcessor) -> dict[str, str]:
             return self._children
 
     top = _Level(model, [(n, _Level(c, [])) for n, c in model.named_children()])
-    return dict(get_gguf_hf_weights_map(top, processor))
+    try:
+        return dict(get_gguf_hf_weights_map(top, processor))
+    except NotImplementedError:  # gguf has no table under the model's own name
+        if file_architecture is None:
+            raise
+        return dict(get_gguf_hf_weights_map(top, processor, model_type=file_architecture))
 
 
 def dequantize_into(

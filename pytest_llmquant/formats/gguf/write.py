@@ -57,8 +57,8 @@ def copy_gguf(src: Path, dst: Path, tensor: NewTensor, file_type: int | None = N
 
 def rewrite_gguf(src: Path, dst: Path, weight_type: str) -> Path:
     """``src`` as ``dst`` with every 2-D tensor stored as ``weight_type`` (F32, F16, Q8_0,
-    Q4_0, ...), from its dequantized values; 1-D tensors (norms) stay F32, as llama.cpp
-    keeps them. F16 and quantized types go through float16 first, as llama.cpp's own
+    Q4_0, ...), from its dequantized values; 1-D tensors (norms) and an MoE router
+    (``ffn_gate_inp``) stay F32, as llama.cpp's ``llama-quantize`` keeps them. F16 and quantized types go through float16 first, as llama.cpp's own
     pipeline (HF -> F16 GGUF -> llama-quantize) does."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize, quantize
@@ -73,7 +73,8 @@ def rewrite_gguf(src: Path, dst: Path, weight_type: str) -> Path:
         import numpy as np
 
         values = dequantize(t.data, t.tensor_type)  # float32, shape (rows, cols)
-        if values.ndim < 2 or qtype == GGMLQuantizationType.F32:
+        router = t.name.endswith("ffn_gate_inp.weight")
+        if values.ndim < 2 or router or qtype == GGMLQuantizationType.F32:
             return values.astype(np.float32), None
         f16 = values.astype(np.float16)
         if qtype == GGMLQuantizationType.F16:

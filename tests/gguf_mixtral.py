@@ -1,0 +1,92 @@
+"""A tiny Mixtral as a transformers directory and as GGUF files (F32 and ``Q8_0``), written
+the way llama.cpp's ``convert_hf_to_gguf`` writes a Mixtral: architecture ``llama`` with
+``expert_count`` and ``expert_used_count``, each layer's experts stacked into three 3-D
+tensors (``ffn_gate_exps``, ``ffn_up_exps``: (experts, intermediate, hidden);
+``ffn_down_exps``: (experts, hidden, intermediate)), the router as ``ffn_gate_inp``, and
+q/k rows permuted to llama.cpp's interleaved order.
+
+Why: the GGUF route must put expert blocks into the INT8 model losslessly, and the only
+honest proof of the writer itself is llama.cpp running the F32 file to the same logits as
+transformers (:mod:`test_gguf_moe` does both).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from arch_models import FFN, HEADS, HIDDEN, LAYERS, make_tiny
+from gguf_llama import _permute, _tokenizer_keys
+
+KV_HEADS, EXPERTS, USED = 2, 4, 2
+
+
+def _attention_and_norms(writer, w: dict[str, np.ndarray], i: int) -> None:  # type: ignore[no-untyped-def]
+    names = {
+        "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output", "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+    }  # fmt: skip
+    for hf, gg in names.items():
+        t = w[f"model.layers.{i}.{hf}.weight"].astype(np.float32)
+        if gg == "attn_q":
+            t = _permute(t, HEADS)
+        elif gg == "attn_k":
+            t = _permute(t, KV_HEADS)
+        writer.add_tensor(f"blk.{i}.{gg}.weight", t)
+
+
+def _experts(writer, w: dict[str, np.ndarray], i: int) -> None:  # type: ignore[no-untyped-def]
+    moe = f"model.layers.{i}.block_sparse_moe"
+    writer.add_tensor(f"blk.{i}.ffn_gate_inp.weight", w[f"{moe}.gate.weight"])
+    for hf, gg in (("w1", "ffn_gate_exps"), ("w3", "ffn_up_exps"), ("w2", "ffn_down_exps")):
+        bank = np.stack([w[f"{moe}.experts.{e}.{hf}.weight"] for e in range(EXPERTS)])
+        writer.add_tensor(f"blk.{i}.{gg}.weight", bank.astype(np.float32))
+
+
+def write_mixtral_gguf(directory: Path, dst: Path, ffn: int = FFN) -> Path:
+    """The F32 GGUF of the transformers Mixtral in ``directory`` (expert width ``ffn``)."""
+    from gguf import GGUFWriter
+    from safetensors.numpy import load_file
+
+    config = json.loads((directory / "config.json").read_text())
+    w = load_file(str(directory / "model.safetensors"))
+    writer = GGUFWriter(dst, "llama")
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(HIDDEN)
+    writer.add_block_count(LAYERS)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_expert_count(EXPERTS)
+    writer.add_expert_used_count(USED)
+    rope = config.get("rope_parameters") or {}
+    writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 1e6))))
+    writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
+    writer.add_rope_dimension_count(HIDDEN // HEADS)
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_file_type(0)
+    _tokenizer_keys(writer, directory)
+    writer.add_tensor("token_embd.weight", w["model.embed_tokens.weight"])
+    for i in range(LAYERS):
+        _attention_and_norms(writer, w, i)
+        _experts(writer, w, i)
+    writer.add_tensor("output_norm.weight", w["model.norm.weight"])
+    writer.add_tensor("output.weight", w["lm_head.weight"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
+def tiny_mixtral_files(root: Path) -> dict[str, Path]:
+    """``{"dir": ..., "F32": ..., "Q8_0": ...}`` under ``root``: a random 2-layer Mixtral
+    with 4 experts, top-2 (:data:`arch_models.ARCHITECTURES`), and its GGUF files."""
+    from pytest_llmquant.formats.gguf.write import rewrite_gguf
+
+    directory = make_tiny("mixtral", root / "tiny-mixtral", num_key_value_heads=KV_HEADS)
+    f32 = write_mixtral_gguf(directory, root / "tiny-mixtral.F32.gguf")
+    q8 = rewrite_gguf(f32, root / "tiny-mixtral.Q8_0.gguf", "Q8_0")
+    return {"dir": directory, "F32": f32, "Q8_0": q8}
