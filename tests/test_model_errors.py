@@ -149,6 +149,26 @@ def test_truncated_safetensors(
     assert "; download or save the model again" in out
 
 
+@pytest.mark.parametrize(
+    "broken", ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]
+)
+def test_a_truncated_json_file_is_named(
+    pytester: pytest.Pytester, tmp_path: Path, tiny_gpt2_dir: Path, broken: str
+) -> None:
+    """transformers' JSON error says where in the text, not which file: the line names it."""
+    import shutil
+
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_gpt2_dir, cut)
+    target = cut / broken
+    if not target.is_file():
+        pytest.fail(f"the tiny GPT-2 directory has no {broken} to corrupt")
+    target.write_text(target.read_text()[:40])
+    out = load_error(pytester, f"--llmq-model={cut}")
+    assert f"--llmq-model={cut}: {broken} is not valid JSON; " in out, out
+    assert "save or download the model again" in out
+
+
 def test_truncated_int8_checkpoint_is_said_once(
     pytester: pytest.Pytester, tmp_path: Path, tiny_gpt2_dir: Path
 ) -> None:

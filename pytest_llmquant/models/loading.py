@@ -99,6 +99,19 @@ def _explain(exc: BaseException, source: ModelSource) -> LlmqUsageError:
     )
 
 
+def _unparsable_json(source: ModelSource) -> str | None:
+    """The name of the model directory's JSON file (config, tokenizer, generation config)
+    that does not parse: transformers' error says where in the text, not which file."""
+    if source.kind != "dir":
+        return None
+    for path in sorted(Path(source.location).glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return path.name
+    return None
+
+
 def _is_architecture_not_read(exc: BaseException) -> bool:
     from ..formats.gguf.fp32 import ArchitectureNotRead
 
@@ -194,6 +207,12 @@ def load_pretrained(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
+    broken = _unparsable_json(source)
+    if broken is not None:  # some (generation_config.json) transformers skips with a warning
+        raise LlmqUsageError(
+            f"--llmq-model={source.spec}: {broken} is not valid JSON; it is truncated or was "
+            "edited by hand: save or download the model again"
+        )
     with _quiet_and_explained(source):
         if check_causal:
             _check_causal(location, source, kwargs)
