@@ -87,13 +87,23 @@ def write_llama_gguf(directory: Path, dst: Path) -> Path:
     }  # fmt: skip
     writer.add_tensor("token_embd.weight", w["model.embed_tokens.weight"])
     for i in range(LAYERS):
-        for hf, gg in names.items():
-            t = w[f"model.layers.{i}.{hf}.weight"].astype(np.float32)
-            if gg == "attn_q":
-                t = _permute(t, HEADS)
-            elif gg == "attn_k":
-                t = _permute(t, KV_HEADS)
-            writer.add_tensor(f"blk.{i}.{gg}.weight", t)
+        layer_tensors(writer, w, i, names)
+    return finish(writer, w, dst)
+
+
+def layer_tensors(writer, w: dict[str, np.ndarray], i: int, names: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """Layer ``i``'s tensors ``names`` (transformers -> GGUF), q/k rows in llama.cpp's order."""
+    for hf, gg in names.items():
+        t = w[f"model.layers.{i}.{hf}.weight"].astype(np.float32)
+        if gg == "attn_q":
+            t = _permute(t, HEADS)
+        elif gg == "attn_k":
+            t = _permute(t, KV_HEADS)
+        writer.add_tensor(f"blk.{i}.{gg}.weight", t)
+
+
+def finish(writer, w: dict[str, np.ndarray], dst: Path) -> Path:  # type: ignore[no-untyped-def]
+    """The final norm and the output matrix, then the file."""
     writer.add_tensor("output_norm.weight", w["model.norm.weight"])
     writer.add_tensor("output.weight", w["lm_head.weight"])
     writer.write_header_to_file()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from arch_models import FFN, HEADS, HIDDEN, LAYERS, make_tiny
-from gguf_llama import _permute, _tokenizer_keys
+from gguf_llama import _tokenizer_keys, finish, layer_tensors
 
 KV_HEADS, EXPERTS, USED = 2, 4, 2
 
@@ -28,13 +28,7 @@ def _attention_and_norms(writer, w: dict[str, np.ndarray], i: int) -> None:  # t
         "self_attn.o_proj": "attn_output", "input_layernorm": "attn_norm",
         "post_attention_layernorm": "ffn_norm",
     }  # fmt: skip
-    for hf, gg in names.items():
-        t = w[f"model.layers.{i}.{hf}.weight"].astype(np.float32)
-        if gg == "attn_q":
-            t = _permute(t, HEADS)
-        elif gg == "attn_k":
-            t = _permute(t, KV_HEADS)
-        writer.add_tensor(f"blk.{i}.{gg}.weight", t)
+    layer_tensors(writer, w, i, names)
 
 
 def _experts(writer, w: dict[str, np.ndarray], i: int) -> None:  # type: ignore[no-untyped-def]
@@ -72,13 +66,7 @@ def write_mixtral_gguf(directory: Path, dst: Path, ffn: int = FFN) -> Path:
     for i in range(LAYERS):
         _attention_and_norms(writer, w, i)
         _experts(writer, w, i)
-    writer.add_tensor("output_norm.weight", w["model.norm.weight"])
-    writer.add_tensor("output.weight", w["lm_head.weight"])
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return dst
+    return finish(writer, w, dst)
 
 
 def tiny_mixtral_files(root: Path) -> dict[str, Path]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from gguf_mixtral import tiny_mixtral_files
+from test_runtimes import kld
 
 from pytest_llmquant import LlmqUsageError
 from pytest_llmquant.int8.gguf_q8_0 import load_gguf_int8
@@ -158,12 +159,6 @@ def tiny_mixtral_files_of_width(root: Path, width: int) -> Path:
     return rewrite_gguf(f32, root / "narrow.Q8_0.gguf", "Q8_0")
 
 
-def _kld(report: dict) -> float:
-    (pair,) = report["pairs"].values()
-    (gate,) = [g for g in pair["gates"] if g["gate"] == "quant_similarity"]
-    return float(gate["measurement"]["mean_kld"])
-
-
 @needs_llama_cpp
 def test_llama_cpp_reads_the_files_experts_as_transformers_does(
     pytester: pytest.Pytester, mixtral: dict[str, Path]
@@ -184,7 +179,7 @@ def test_llama_cpp_reads_the_files_experts_as_transformers_does(
             f"--llmq-int8-runtime={runtime}",
         )  # fmt: skip
         result.assert_outcomes(passed=1)
-        klds[name] = _kld(report)
+        klds[name] = kld(report)
     assert klds["F32 llama.cpp"] < 1e-6, klds
     assert klds["Q8_0 llama.cpp"] > klds["Q8_0 torch"] > 100 * klds["F32 llama.cpp"], klds
 
