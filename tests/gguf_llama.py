@@ -59,6 +59,23 @@ def _tokenizer_keys(writer, directory: Path) -> None:  # type: ignore[no-untyped
     writer.add_eos_token_id(eos)
 
 
+def hyperparameters(writer, config: dict, ffn: int) -> None:  # type: ignore[no-untyped-def]
+    """The ``llama.*`` keys of a tiny model with ``config`` (its config.json) and FFN width
+    ``ffn``; the rope base from transformers 5's ``rope_parameters`` or the older key."""
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(HIDDEN)
+    writer.add_block_count(LAYERS)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    rope = config.get("rope_parameters") or {}
+    writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
+    writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
+    writer.add_rope_dimension_count(HIDDEN // HEADS)
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_file_type(0)
+
+
 def write_llama_gguf(directory: Path, dst: Path) -> Path:
     """The F32 GGUF of the transformers Llama in ``directory``."""
     from gguf import GGUFWriter
@@ -67,17 +84,7 @@ def write_llama_gguf(directory: Path, dst: Path) -> Path:
     config = json.loads((directory / "config.json").read_text())
     w = load_file(str(directory / "model.safetensors"))
     writer = GGUFWriter(dst, "llama")
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(HIDDEN)
-    writer.add_block_count(LAYERS)
-    writer.add_feed_forward_length(FFN)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(KV_HEADS)
-    writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
-    writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
-    writer.add_rope_dimension_count(HIDDEN // HEADS)
-    writer.add_vocab_size(config["vocab_size"])
-    writer.add_file_type(0)
+    hyperparameters(writer, config, FFN)
     _tokenizer_keys(writer, directory)
     names = {
         "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",

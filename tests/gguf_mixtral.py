@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from arch_models import FFN, HEADS, HIDDEN, LAYERS, make_tiny
-from gguf_llama import _tokenizer_keys, finish, layer_tensors
+from arch_models import FFN, LAYERS, make_tiny
+from gguf_llama import _tokenizer_keys, finish, hyperparameters, layer_tensors
 
 KV_HEADS, EXPERTS, USED = 2, 4, 2
 
@@ -47,20 +47,9 @@ def write_mixtral_gguf(directory: Path, dst: Path, ffn: int = FFN) -> Path:
     config = json.loads((directory / "config.json").read_text())
     w = load_file(str(directory / "model.safetensors"))
     writer = GGUFWriter(dst, "llama")
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(HIDDEN)
-    writer.add_block_count(LAYERS)
-    writer.add_feed_forward_length(ffn)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(KV_HEADS)
+    hyperparameters(writer, config, ffn)
     writer.add_expert_count(EXPERTS)
     writer.add_expert_used_count(USED)
-    rope = config.get("rope_parameters") or {}
-    writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 1e6))))
-    writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
-    writer.add_rope_dimension_count(HIDDEN // HEADS)
-    writer.add_vocab_size(config["vocab_size"])
-    writer.add_file_type(0)
     _tokenizer_keys(writer, directory)
     writer.add_tensor("token_embd.weight", w["model.embed_tokens.weight"])
     for i in range(LAYERS):
@@ -69,12 +58,15 @@ def write_mixtral_gguf(directory: Path, dst: Path, ffn: int = FFN) -> Path:
     return finish(writer, w, dst)
 
 
-def tiny_mixtral_files(root: Path) -> dict[str, Path]:
+def tiny_mixtral_files(root: Path, ffn: int = FFN, name: str = "tiny-mixtral") -> dict[str, Path]:
     """``{"dir": ..., "F32": ..., "Q8_0": ...}`` under ``root``: a random 2-layer Mixtral
-    with 4 experts, top-2 (:data:`arch_models.ARCHITECTURES`), and its GGUF files."""
+    with 4 experts of width ``ffn``, top-2 (:data:`arch_models.ARCHITECTURES`), and its
+    GGUF files."""
     from pytest_llmquant.formats.gguf.write import rewrite_gguf
 
-    directory = make_tiny("mixtral", root / "tiny-mixtral", num_key_value_heads=KV_HEADS)
-    f32 = write_mixtral_gguf(directory, root / "tiny-mixtral.F32.gguf")
-    q8 = rewrite_gguf(f32, root / "tiny-mixtral.Q8_0.gguf", "Q8_0")
+    directory = make_tiny(
+        "mixtral", root / name, num_key_value_heads=KV_HEADS, intermediate_size=ffn
+    )
+    f32 = write_mixtral_gguf(directory, root / f"{name}.F32.gguf", ffn=ffn)
+    q8 = rewrite_gguf(f32, root / f"{name}.Q8_0.gguf", "Q8_0")
     return {"dir": directory, "F32": f32, "Q8_0": q8}

@@ -135,7 +135,7 @@ def test_experts_of_another_shape_are_refused_in_one_line(
     mixtral: dict[str, Path], tmp_path: Path
 ) -> None:
     """The GGUF of a Mixtral with a narrower expert layer is not this model's INT8 file."""
-    other = tiny_mixtral_files_of_width(tmp_path, 96)
+    other = tiny_mixtral_files(tmp_path, ffn=96, name="narrow")["Q8_0"]
     from transformers import AutoModelForCausalLM
 
     reference = AutoModelForCausalLM.from_pretrained(mixtral["dir"])
@@ -145,18 +145,6 @@ def test_experts_of_another_shape_are_refused_in_one_line(
     assert "\n" not in message
     assert "blk.0.ffn_gate_exps.weight has shape (4, 96, 64)" in message
     assert "model.layers.0.mlp.experts need (4, 128, 64)" in message
-
-
-def tiny_mixtral_files_of_width(root: Path, width: int) -> Path:
-    from arch_models import make_tiny
-    from gguf_mixtral import KV_HEADS, write_mixtral_gguf
-
-    from pytest_llmquant.formats.gguf.write import rewrite_gguf
-
-    directory = make_tiny("mixtral", root / "narrow", intermediate_size=width,
-                          num_key_value_heads=KV_HEADS)  # fmt: skip
-    f32 = write_mixtral_gguf(directory, root / "narrow.F32.gguf", ffn=width)
-    return rewrite_gguf(f32, root / "narrow.Q8_0.gguf", "Q8_0")
 
 
 @needs_llama_cpp

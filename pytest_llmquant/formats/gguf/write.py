@@ -58,8 +58,9 @@ def copy_gguf(src: Path, dst: Path, tensor: NewTensor, file_type: int | None = N
 def rewrite_gguf(src: Path, dst: Path, weight_type: str) -> Path:
     """``src`` as ``dst`` with every 2-D tensor stored as ``weight_type`` (F32, F16, Q8_0,
     Q4_0, ...), from its dequantized values; 1-D tensors (norms) and an MoE router
-    (``ffn_gate_inp``) stay F32, as llama.cpp's ``llama-quantize`` keeps them. F16 and quantized types go through float16 first, as llama.cpp's own
-    pipeline (HF -> F16 GGUF -> llama-quantize) does."""
+    (``ffn_gate_inp``) stay F32, as llama.cpp's ``llama-quantize`` keeps them. F16 and
+    quantized types go through float16 first, as llama.cpp's own pipeline (HF -> F16 GGUF
+    -> llama-quantize) does."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize, quantize
 
