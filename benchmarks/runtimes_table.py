@@ -6,7 +6,8 @@ Runs the plugin's own gates (similarity, speed, memory weights / file / peak_rss
 - ``Q8_0`` (made from the packaged file's dequantized tensors, via F16, as llama.cpp's
   own pipeline does) in torch, and in llama.cpp;
 - the packaged ``Q4_1`` in llama.cpp;
-- onnxruntime-genai's int8 build (``-p int8 -e cpu``) of the FP32 model, in ONNX Runtime;
+- onnxruntime-genai's int8 build (``-p int8 -e cpu``) of the FP32 model, in ONNX Runtime,
+  also against the builder's FP32 build in ONNX Runtime (``-p fp32``);
 - each llama.cpp file also against the same-runtime reference (the F32 GGUF of the same
   weights, ``--llmq-reference-runtime=llama.cpp``).
 
@@ -109,19 +110,24 @@ def main() -> None:
     }  # fmt: skip
     onnx = a.work / "onnx-int8"
     fp32_dir = a.work / "fp32-dir"
-    if not (onnx / "model.onnx").is_file():
+    if not (fp32_dir / "config.json").is_file():
         from pytest_llmquant import load_fp32
 
         model, tok = load_fp32("smollm2-135m", cache_dir=str(a.work / "cache"))
         model.save_pretrained(fp32_dir)
         tok.save_pretrained(fp32_dir)
+    if not (onnx / "model.onnx").is_file():
         subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(fp32_dir), "-o", str(onnx),
                         "-p", "int8", "-e", "cpu", "-c", str(a.work / "ort-cache")], check=True, capture_output=True)  # fmt: skip
-    rows["onnxruntime-genai int8 in ONNX Runtime vs torch FP32"] = [
-        *ref,
-        f"--llmq-int8-model={onnx}",
-        "--llmq-int8-runtime=onnxruntime",
-    ]
+    onnx_fp32 = a.work / "onnx-fp32"
+    if not (onnx_fp32 / "model.onnx").is_file():
+        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(fp32_dir), "-o",
+                        str(onnx_fp32), "-p", "fp32", "-e", "cpu", "-c", str(a.work / "ort-cache")],
+                       check=True, capture_output=True)  # fmt: skip
+    int8_onnx = [f"--llmq-int8-model={onnx}", "--llmq-int8-runtime=onnxruntime"]
+    rows["onnxruntime-genai int8 in ONNX Runtime vs torch FP32"] = [*ref, *int8_onnx]
+    rows["onnxruntime-genai int8 in ONNX Runtime vs ONNX Runtime FP32"] = [
+        f"--llmq-model={onnx_fp32}", "--llmq-reference-runtime=onnxruntime", *common, *int8_onnx]  # fmt: skip
     head = ["the file, run by", "mean KLD ± SE", "same-top", "PPL ratio", "speedup (99% CI)", "ms/token",
             "other CPU load", "weights", "file", "peak RSS"]  # fmt: skip
     print("| " + " | ".join(head) + " |")

@@ -52,7 +52,8 @@ FREE_CORES_WINDOW_S = 0.25
 FREE_CORE_IDLE = 0.75
 
 _PROC_STAT = Path("/proc/stat")
-_TASKS = Path("/proc/self/task")
+_PROC = Path("/proc")
+_TASKS = _PROC / "self" / "task"
 _IDLE_COLUMNS = (3, 4)  # idle, iowait in a /proc/stat "cpuN" line (after the name)
 _BUSY_COLUMNS = (0, 1, 2, 5, 6, 7)  # user, nice, system, irq, softirq, steal
 
@@ -151,13 +152,31 @@ def _cpu_seconds(stat: str, cpus: Iterable[int]) -> tuple[float, float] | None:
     return (busy / hz, total / hz) if seen else None
 
 
-def _thread_seconds(tasks: Path) -> tuple[float, float] | None:
-    """``(run, wait)`` seconds summed over this process's threads (schedstat)."""
+#: processes that measure for the gate: a runtime side's child (:mod:`..sides.child`).
+#: Their CPU time and their threads' waits are the gate's own, not "other processes": two
+#: llama.cpp children timed in turn are one gate, not a busy machine.
+_GATE_PROCESSES: set[int] = set()
+
+
+def count_as_gate(pid: int) -> None:
+    """Count process ``pid`` as part of the gate until :func:`stop_counting` (or it ends)."""
+    _GATE_PROCESSES.add(pid)
+
+
+def stop_counting(pid: int) -> None:
+    _GATE_PROCESSES.discard(pid)
+
+
+def _thread_seconds(*task_dirs: Path) -> tuple[float, float] | None:
+    """``(run, wait)`` seconds summed over the threads in ``task_dirs`` (schedstat)."""
     run = wait = 0
-    try:
-        entries = list(tasks.iterdir())
-    except OSError:
-        return None
+    entries: list[Path] = []
+    for tasks in task_dirs:
+        try:
+            entries.extend(tasks.iterdir())
+        except OSError:  # a helper process that just ended; our own always exists
+            if tasks == _TASKS:
+                return None
     for task in entries:
         try:
             fields = (task / "schedstat").read_text().split()
@@ -170,7 +189,8 @@ def _thread_seconds(tasks: Path) -> tuple[float, float] | None:
 
 
 class ProcMeter:
-    """The Linux counters: ``/proc/stat`` and ``/proc/self/task/*/schedstat``."""
+    """The Linux counters: ``/proc/stat`` and ``/proc/self/task/*/schedstat``, plus the
+    schedstat of the gate's helper processes (:func:`count_as_gate`)."""
 
     def __init__(self) -> None:
         self.cpus = usable_cpus()
@@ -183,10 +203,12 @@ class ProcMeter:
             cpu = _cpu_seconds(_PROC_STAT.read_text(), self.cpus)
         except OSError:
             cpu = None
-        threads = _thread_seconds(_TASKS)
+        helper_tasks = [_PROC / str(pid) / "task" for pid in sorted(_GATE_PROCESSES)]
+        threads = _thread_seconds(_TASKS, *helper_tasks)
+        helpers = _thread_seconds(*helper_tasks)
         return CpuCounters(
             wall=time.monotonic(),
-            own_cpu=time.process_time(),
+            own_cpu=time.process_time() + (helpers[0] if helpers else 0.0),
             cpu_busy=cpu[0] if cpu else None,
             cpu_total=cpu[1] if cpu else None,
             threads_run=threads[0] if threads else None,
