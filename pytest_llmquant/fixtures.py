@@ -68,7 +68,7 @@ def llmq_scheme(llmq_session: LlmqSession) -> str:
 @_one_line
 def llmq_tokenizer(llmq_session: LlmqSession, llmq_model_id: str) -> Tokenizer:
     """The model's tokenizer (with a pad token set when it had none)."""
-    return llmq_session.store.reference(llmq_model_id)[1]
+    return llmq_session.store.tokenizer(llmq_model_id)
 
 
 @pytest.fixture(scope="session")

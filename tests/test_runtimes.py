@@ -220,3 +220,64 @@ def test_the_reference_runs_in_llama_cpp_too(
     assert "quant_similarity failed for tiny-llama.Q4_0 [llama.cpp Q4_0]: mean KLD" in text
     assert "llama.cpp F32" in text  # the reference column names what ran
     assert list((pytester.path / "cache" / "gguf-f32").glob("*.F32.gguf"))
+    # only the tokenizer is read in this process: no torch FP32 copy of the file is made
+    assert not (pytester.path / "cache" / "fp32").exists()
+
+
+@pytest.fixture(scope="session")
+def llama_onnx_fp32(llama_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The builder's float build of the tiny Llama (``-p fp32``): a directory with
+    ``model.onnx`` and the tokenizer's files, and no ``config.json`` or torch weights."""
+    out = tmp_path_factory.mktemp("onnx") / "fp32"
+    subprocess.run(
+        [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(llama_files["dir"]),
+         "-o", str(out), "-p", "fp32", "-e", "cpu", "-c", str(out.parent / "cache")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return out
+
+
+@needs_onnx
+def test_the_reference_runs_in_onnx_runtime_from_a_build_without_torch_weights(
+    pytester: pytest.Pytester, llama_onnx: Path, llama_onnx_fp32: Path
+) -> None:
+    """ONNX Runtime's own float -> int8 comparison. Every gate measures the reference in
+    ONNX Runtime, peak RSS included (a fresh process loads its model.onnx there)."""
+    pytester.makepyfile(
+        "import pytest\n"
+        "@pytest.mark.quant_similarity(max_kl=1e-7, min_same_top=0.01)\n"
+        "def test_kld(llmq_pair): pass\n"
+        "@pytest.mark.quant_memory(min_ratio=0.01, kind='peak_rss')\n"
+        "def test_rss(llmq_pair): pass\n"
+    )
+    report = pytester.path / "report.json"
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", "--llmq-eval-tokens=192", f"--llmq-report={report}",
+        f"--llmq-cache-dir={pytester.path / 'cache'}",
+        f"--llmq-model={llama_onnx_fp32}", "--llmq-reference-runtime=onnxruntime",
+        f"--llmq-int8-model={llama_onnx}", "--llmq-int8-runtime=onnxruntime",
+    )  # fmt: skip
+    assert outcomes(result) == {"test_kld": "failed", "test_rss": "passed"}
+    name = "fp32 [onnxruntime MatMulNBits int8]"
+    assert f"quant_similarity failed for {name}: mean KLD" in failure_text(result, "test_kld")
+    (rss,) = [g for g in json.loads(report.read_text())["pairs"][name]["gates"]
+              if g["gate"] == "quant_memory"]  # fmt: skip
+    probes = rss["measurement"]["details"]["probes"]
+    assert probes["fp32"]["runtime"] == "onnxruntime"  # its model.onnx, not a torch model
+    assert probes["fp32"]["generated_tokens"] == 8
+    assert not (pytester.path / "cache" / "fp32").exists()
+
+
+def test_an_onnx_build_is_not_a_torch_reference(
+    pytester: pytest.Pytester, llama_onnx_fp32: Path
+) -> None:
+    pytester.makepyfile("def test_x(llmq_pair): pass\n")
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", f"--llmq-model={llama_onnx_fp32}"
+    )
+    result.assert_outcomes(errors=1)
+    text = result.stdout.str()
+    assert (
+        "is an ONNX model, which torch does not run; pass --llmq-reference-runtime=onnxruntime"
+        in text
+    )

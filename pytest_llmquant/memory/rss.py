@@ -49,6 +49,8 @@ PROBE_MODULE = "pytest_llmquant.memory.rss_probe"
 
 def _probe_args(spec: ProbeArgs | str) -> ProbeArgs:
     args: ProbeArgs = {"model": spec} if isinstance(spec, str) else dict(spec)
+    if args.get("route") == "runtime":  # a reference in another runtime: its file, no model
+        return args
     if not isinstance(args.get("model"), str) or not args["model"]:
         raise LlmqUsageError(
             "peak_rss needs spec={'model': MODEL} (a --llmq-model value) or the model string itself"
@@ -155,6 +157,9 @@ def with_int8(base: ProbeArgs, int8_probe: ProbeArgs | str | None) -> ProbeArgs:
     extra = (
         {"scheme": int8_probe} if isinstance(int8_probe, str) or int8_probe is None else int8_probe
     )
+    if base.get("route") == "runtime" and extra.get("route") != "runtime":
+        # the reference runs in a runtime and the INT8 side in torch: not the reference's file
+        base = {k: v for k, v in base.items() if k not in ("route", "runtime", "runtime_file")}
     return {**base, **{k: v for k, v in extra.items() if v is not None}, "mode": "int8"}
 
 
@@ -171,7 +176,9 @@ def measure_rss(
     """
     base_args = _probe_args(spec)
     if isinstance(int8_probe, dict) and int8_probe.get("preload"):
-        base_args["preload"] = int8_probe["preload"]  # every probe imports the runtime alike
+        # every probe imports the runtimes alike (both sides' where they differ)
+        wanted = [str(base_args.get("preload") or ""), str(int8_probe["preload"])]
+        base_args["preload"] = ",".join(dict.fromkeys(m for w in wanted for m in w.split(",") if m))
     runs: dict[str, ProbeArgs] = {
         "baseline": {**base_args, "mode": "baseline"},
         "fp32": {**base_args, "mode": "fp32"},

@@ -218,7 +218,7 @@ def run(args: ProbeArgs) -> ProbeReport:
     for module in str(args.get("preload") or "").split(","):
         if module:  # a runtime the other probe loads: every probe imports it alike
             importlib.import_module(module)
-    if mode == "int8" and args.get("route") == "runtime":
+    if mode in ("fp32", "int8") and args.get("route") == "runtime":
         from .runtime_probe import serve_in_runtime
 
         report.update(_baseline(args))  # the same imports as the other probes, then the file

@@ -35,6 +35,11 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 def _check_local_dir(path: Path, spec: str, trust_remote_code: bool) -> None:
     names = [p.name for p in path.iterdir()]
+    if "model.onnx" in names and "config.json" not in names:
+        raise LlmqUsageError(
+            f"--llmq-model={spec} is an ONNX model, which torch does not run; pass "
+            "--llmq-reference-runtime=onnxruntime, or the directory of its torch weights"
+        )
     if not any(n.endswith(".safetensors") for n in names):
         pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
         if pickles:
@@ -253,17 +258,51 @@ def _load_gguf_cached(
     )
 
 
+def _with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Batched prompts need a pad token: the EOS token (or UNK) where there is none."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        elif tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer
+
+
+def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Tokenizer:
+    """Only the tokenizer of a ``--llmq-model``: all a reference run by another runtime
+    needs here, since its weights load in that runtime. So a directory without torch weights
+    (an ONNX build with its tokenizer files) or a GGUF that transformers cannot read as a
+    model (llama.cpp's Mixtral files) can be such a reference, and no FP32 copy is made."""
+    from transformers import AutoTokenizer
+
+    source = resolve(spec)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    location = source.location
+    if source.kind == "gguf":
+        location, kwargs["gguf_file"] = str(Path(location).parent), Path(location).name
+    broken = _unparsable_json(source) if source.kind == "dir" else None
+    if broken is not None:
+        raise LlmqUsageError(
+            f"--llmq-model={source.spec}: {broken} is not valid JSON; it is truncated or was "
+            "edited by hand: save or download the model again"
+        )
+    try:
+        with _quiet_and_explained(source):
+            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    except LlmqUsageError as exc:
+        raise LlmqUsageError(
+            f"reading the tokenizer only (the reference runs in another runtime): {exc}"
+        ) from None
+    return cast("Tokenizer", _with_pad_token(tokenizer))
+
+
 def _finish(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: str
 ) -> tuple[CausalLM, Tokenizer]:
     """Normalise what tests rely on: eval mode, a pad token, a generation config."""
     from transformers import GenerationConfig
 
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token
-        elif tokenizer.unk_token is not None:
-            tokenizer.pad_token = tokenizer.unk_token
+    _with_pad_token(tokenizer)
     if getattr(model, "generation_config", None) is None:
         model.generation_config = GenerationConfig.from_model_config(model.config)
     if model.generation_config.pad_token_id is None and tokenizer.pad_token_id is not None:

@@ -105,6 +105,10 @@ def resolve(spec: str) -> ModelSource:
                 f"--llmq-model={spec} is an empty directory; point it at a directory saved with "
                 "save_pretrained (config.json + *.safetensors)"
             )
+        if "config.json" not in entries and "model.onnx" in entries:
+            # an ONNX build (onnxruntime-genai writes no config.json): for
+            # --llmq-reference-runtime=onnxruntime, which reads only its tokenizer here
+            return ModelSource(spec, "dir", path.name or spec, str(path))
         if "config.json" not in entries:
             ggufs = sorted(e for e in entries if e.endswith(".gguf"))
             if len(ggufs) == 1:

@@ -115,14 +115,13 @@ class Measurements:
     def memory(self, pair: ModelPair, kind: str) -> MemoryResult:
         from ..memory import measure_memory
 
+        # a reference in another runtime is probed as its side says (its file in that
+        # runtime), not as the torch model of the same --llmq-model
+        in_torch = pair.reference_side.runtime == "torch"
+        spec = (pair.reference_probe or self.reference_probe(pair.model_id)) if in_torch else None
         return self.once(
             ("memory", *pair.key, kind),
-            lambda: measure_memory(
-                pair.reference_side,
-                pair.int8_side,
-                kind,
-                spec=pair.reference_probe or self.reference_probe(pair.model_id),
-            ),
+            lambda: measure_memory(pair.reference_side, pair.int8_side, kind, spec=spec),
         )
 
     def reference_probe(self, spec: str) -> dict[str, str | int | bool | None]:

@@ -62,6 +62,7 @@ class ModelStore:
         self._progress = progress
         self._quantize_hook = quantize_hook
         self._references: dict[str, Remembered[tuple[CausalLM, Tokenizer]]] = {}
+        self._tokenizers: dict[str, Remembered[Tokenizer]] = {}
         self._int8: dict[tuple[str, str], Remembered[Int8Built]] = {}
         self._reference_sides: dict[str, Remembered[ModelSide]] = {}
         self._cache: ModelCache | None = None
@@ -117,6 +118,22 @@ class ModelStore:
         self.record.add_load(spec, Load(time.perf_counter() - start, note))
         return loaded
 
+    def tokenizer(self, spec: str) -> Tokenizer:
+        """The reference's tokenizer. A reference in another runtime loads only its
+        tokenizer here (:func:`~..models.loading.load_tokenizer`), never the torch model."""
+        if self.settings.reference_runtime == "torch" or spec in self._references:
+            return self.reference(spec)[1]
+        if spec not in self._tokenizers:
+            from ..models.loading import load_tokenizer
+
+            try:
+                self._tokenizers[spec] = Remembered(
+                    load_tokenizer(spec, trust_remote_code=self.settings.trust_remote_code)
+                )
+            except LlmqError as exc:
+                self._tokenizers[spec] = Remembered(error=exc)
+        return self._tokenizers[spec].get()
+
     def is_session_reference(self, spec: str, model: object, tokenizer: object) -> bool:
         """Whether ``model`` and ``tokenizer`` are the ones this store loaded for ``spec`` (a
         user fixture may override either: then nothing says which model it is)."""
@@ -141,7 +158,7 @@ class ModelStore:
 
         source = self.source(spec)
         assert source is not None, spec
-        tokenizer = self.reference(spec)[1]
+        tokenizer = self.tokenizer(spec)
         try:
             cache = Path(self.cache.root)
             return Remembered(reference_side(self.settings, source, tokenizer, cache))
@@ -159,7 +176,7 @@ class ModelStore:
         if key not in self._int8 and self.settings.int8_runtime != "torch":
             from .runtime_sides import int8_built
 
-            tokenizer = self.reference(spec)[1]
+            tokenizer = self.tokenizer(spec)
             try:
                 self._int8[key] = Remembered(int8_built(self.settings, tokenizer))
             except LlmqError as exc:

@@ -50,6 +50,10 @@ class OnnxModel:
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Its pool's threads otherwise spin on after each run, on the cores the other side
+        # is timing its step with (as libgomp's do: sides/child.py, CHILD_SPINCOUNT); alone
+        # it measured the same speed with and without this.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         return ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
 
     def _past_shape(self) -> tuple[int, int]:
