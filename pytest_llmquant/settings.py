@@ -135,6 +135,14 @@ OPTIONS: tuple[Option, ...] = (
         example="llama.cpp",
     ),
     Option(
+        "runtime_timeout",
+        "seconds a runtime side's process may take to answer one request (loading its file, "
+        "a window of logits, a decode step) before it is stopped and that test fails",
+        check=positive_number,
+        default=600.0,
+        example="600",
+    ),
+    Option(
         "eval_text",
         "UTF-8 text file to measure similarity on (default: a built-in corpus made from "
         "Python's own docstrings)",
@@ -294,6 +302,7 @@ class Settings:
     int8_model: str | None = BY_NAME["int8_model"].default
     int8_runtime: str = BY_NAME["int8_runtime"].default
     reference_runtime: str = BY_NAME["reference_runtime"].default
+    runtime_timeout: float = BY_NAME["runtime_timeout"].default
     eval_text: str | None = BY_NAME["eval_text"].default
     eval_tokens: int = BY_NAME["eval_tokens"].default
     max_kl: float = BY_NAME["max_kl"].default

@@ -207,3 +207,64 @@ def test_an_onnx_without_logits_is_refused_in_one_line(
         "model.onnx has no 'logits' output; export the causal LM with its logits "
         "(onnxruntime-genai's builder does)"
     )
+
+
+HANGING = '''
+import time
+
+import numpy as np
+
+
+class Hanging:
+    """Loads, then never answers a request to score, as a deadlocked runtime would."""
+
+    def __init__(self, path, threads=1, vocab=0):
+        self.vocab = vocab
+
+    def describe(self):
+        return {"vocab_size": self.vocab, "context_length": 256, "weight_bytes": {"int8": 10}}
+
+    def set_threads(self, threads):
+        pass
+
+    def scored_logits(self, ids, n_scored):
+        time.sleep(3600)
+
+    def next_token_logits(self, prompts):
+        return np.zeros((len(prompts), self.vocab), dtype=np.float32)
+'''
+
+HANGING_CONFTEST = """
+import pytest
+from pytest_llmquant.origin import Int8Origin
+from pytest_llmquant.session import get_session
+from pytest_llmquant.sides.child import ChildSide
+
+
+@pytest.fixture(scope="session")
+def int8_model(llmq_tokenizer, request):
+    return ChildSide(
+        "hanging:Hanging", {"path": "model.bin", "threads": 1, "vocab": len(llmq_tokenizer)},
+        label="stand-in", runtime="stand-in", what="model.bin",
+        origin=Int8Origin("fixture", "stand-in", bits=8, runtime="stand-in"),
+        timeout=get_session(request.config).settings.runtime_timeout,
+    )
+"""
+
+
+def test_a_runtime_that_hangs_is_stopped_after_the_timeout_and_the_next_test_runs(
+    pytester: pytest.Pytester, tiny_gpt2_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path))
+    pytester.makepyfile(hanging=HANGING)
+    pytester.makeconftest(HANGING_CONFTEST)
+    pytester.makepyfile(TESTS_AFTER_A_CRASH)
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", f"--llmq-model={tiny_gpt2_dir}", "--llmq-runtime-timeout=1.5"
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*stand-in did not answer within 1.5 s while measuring model.bin, and was stopped;"
+         " raise --llmq-runtime-timeout if it is only slow*"]
+    )  # fmt: skip
+    assert "INTERNALERROR" not in result.stdout.str()

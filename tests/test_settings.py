@@ -76,6 +76,7 @@ BAD_VALUES = {
     "min_speedup": ("0", "must be a finite number > 0"),
     "min_memory_ratio": ("-2", "must be a finite number > 0"),
     "time_budget": ("inf", "must be a finite number > 0"),
+    "runtime_timeout": ("0", "must be a finite number > 0"),
     "speed_inconclusive": ("maybe", "must be one of fail, skip, pass"),
     "int8_runtime": ("vllm", "must be one of torch, llama.cpp, onnxruntime"),
     "reference_runtime": ("tensorrt", "must be one of torch, llama.cpp, onnxruntime"),

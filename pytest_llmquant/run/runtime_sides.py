@@ -115,6 +115,7 @@ def runtime_side(
         eos=_eos(tokenizer),
         ship=lambda directory: shipped(ran),
         probe=lambda workdir: _probe(ran, name),
+        timeout=settings.runtime_timeout,
     )
 
 

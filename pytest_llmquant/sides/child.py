@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -94,7 +95,11 @@ class _Child:
             return False
         return True
 
-    def receive(self) -> dict[str, object] | None:
+    def receive(self, timeout: float | None = None) -> dict[str, object] | None:
+        """The child's next answer; None when it has died. :class:`TimeoutError` when no
+        answer began within ``timeout`` seconds (the child writes each answer as one line)."""
+        if timeout is not None and not select.select([self._in], [], [], timeout)[0]:
+            raise TimeoutError
         line = self._in.readline()
         return json.loads(line) if line else None
 
@@ -139,11 +144,13 @@ class ChildSide:
         eos: Sequence[int] = (),
         ship: Callable[[Path], ShippedFile] | None = None,
         probe: Callable[[Path], ProbeSpec] | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.factory, self.args, self.what = factory, dict(args), what
         self.label, self.runtime, self.origin = label, runtime, origin
         self.eos = [int(e) for e in eos]
         self._ship, self._probe = ship, probe
+        self.timeout = timeout  # seconds per request (--llmq-runtime-timeout); None: no limit
         self._child: _Child | None = None
         self._facts: dict[str, object] | None = None
         self._workdir = Path(tempfile.mkdtemp(prefix="llmq-side-"))
@@ -154,7 +161,7 @@ class ChildSide:
     def _started(self, doing: str) -> _Child:
         if self._child is None:
             child = _Child({"factory": self.factory, "args": self.args}, self._workdir)
-            answer = child.receive()
+            answer = self._answer(child, "loading")
             if answer is None:
                 self._child = None
                 raise LlmqModelError(
@@ -171,16 +178,26 @@ class ChildSide:
                 self._call("set_threads", doing, threads=self._threads)
         return self._child
 
+    def _answer(self, child: _Child, doing: str) -> dict[str, object] | None:
+        """The child's answer, or a failed test when it hangs: the child is stopped, and
+        the next request starts a fresh one, as after a crash."""
+        try:
+            return child.receive(self.timeout)
+        except TimeoutError:
+            self._child = None
+            child.close()
+            raise LlmqModelError(
+                f"{self.runtime} did not answer within {self.timeout:g} s while {doing} "
+                f"{self.what}, and was stopped; raise --llmq-runtime-timeout if it is only slow"
+            ) from None
+
     def _error(self, answer: dict[str, object], verb: str) -> Exception:
         cls = LlmqUsageError if answer.get("kind") == "usage" else LlmqModelError
         return cls(f"{self.runtime} {verb} {self.what}: {answer['error']}")
 
     def _call(self, op: str, doing: str, **args: object) -> object:
         child = self._started(doing)
-        if child.send({"op": op, "args": args}):
-            answer = child.receive()
-        else:
-            answer = None
+        answer = self._answer(child, doing) if child.send({"op": op, "args": args}) else None
         if answer is None:
             self._child = None
             why = child.death()
