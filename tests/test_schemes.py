@@ -296,6 +296,61 @@ def test_unpack_f32_kernel_matches_dequantize(lib):
     assert torch.equal(layer.dequantized_weight(), dequantize(q, scales, 64))
 
 
+def _awkward_weight(rows: int, cols: int, seed: int) -> torch.Tensor:
+    """Random rows plus the cases a quantizer gets wrong: an all-zero row, a row whose
+    scale rounds up to float32 (so it must step back toward zero), ties at half a step,
+    values near float32's max and its smallest normals."""
+    w = _rand(rows, cols, seed=seed) * 3
+    w[0] = 0
+    if rows > 1:
+        w[1] = torch.linspace(-1, 1, cols) * (1 / 3)
+    if rows > 2:
+        w[2, :] = 0.5
+        w[2, 0] = 127.0  # scale 1: 0.5 is a tie, rounded to even (0)
+    if rows > 3:
+        w[3] = torch.finfo(torch.float32).max * torch.linspace(-1, 1, cols)
+    if rows > 4:
+        w[4] = torch.finfo(torch.float32).tiny * torch.arange(cols, dtype=torch.float32)
+    return w
+
+
+@pytest.mark.parametrize(
+    "rows,cols,group",
+    [(1, 32, 32), (5, 64, 32), (9, 96, None), (7, 100, 32), (6, 33, 8), (37, 192, 64),
+     (1536, 576, 32), (3, 5, None)],
+)  # fmt: skip
+def test_quantize_kernel_gives_the_reference_bit_for_bit(lib, rows, cols, group):
+    """The C quantizer (what building weight-only-int8 calls) and the float64 torch
+    reference agree on every int8 value and every scale, short last blocks included."""
+    from pytest_llmquant.schemes.kernels.quantize import quantize_rows
+
+    w = _awkward_weight(rows, cols, seed=rows * cols)
+    q_ref, s_ref = quantize_per_channel(w, group)
+    q, s = quantize_rows(w, group)
+    assert torch.equal(q, q_ref)
+    assert torch.equal(s.view(torch.int32), s_ref.view(torch.int32))  # the bits, -0.0 too
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_quantize_kernel_refuses_a_non_finite_weight_as_the_reference_does(lib, bad):
+    from pytest_llmquant.schemes.kernels.quantize import quantize_rows
+
+    w = _rand(9, 64, seed=2)
+    w[8, 63] = bad  # the last element: every row and block is looked at
+    for quantize in (quantize_rows, quantize_per_channel):
+        with pytest.raises(ValueError, match=r"non-finite weight \(inf or nan\)$"):
+            quantize(w, 32)
+
+
+def test_a_layer_built_with_the_kernel_is_the_layer_the_reference_builds(lib, monkeypatch):
+    linear = torch.nn.Linear(96, 44)
+    with_kernel = wo.WeightOnlyInt8Linear.from_linear(linear, 32)
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    without = wo.WeightOnlyInt8Linear.from_linear(linear, 32)
+    assert torch.equal(with_kernel.int8_state()[0], without.int8_state()[0])
+    assert torch.equal(with_kernel.int8_state()[1], without.int8_state()[1])
+
+
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
 def test_a_big_layer_computes_a_prompt_a_slab_of_rows_at_a_time(monkeypatch, lib, bias):
     """A prompt through a big layer never dequantizes the whole weight at once, and the

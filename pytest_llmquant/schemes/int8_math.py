@@ -39,6 +39,8 @@ _QMAX = 127
 #: smallest normal float32: the scale of an all-zero block (finite, positive, and no
 #: division by it can overflow because such a block has only zeros).
 _MIN_SCALE = float(torch.finfo(torch.float32).tiny)
+#: what both quantizers (this one and the C kernel's) say of an inf or a nan weight
+NON_FINITE_WEIGHT = "quantize_per_channel got a non-finite weight (inf or nan)"
 
 
 def _check_group(cols: int, group_size: int | None) -> int:
@@ -79,7 +81,7 @@ def quantize_per_channel(
     rows, cols = w.shape
     g = _check_group(cols, group_size)
     if not bool(torch.isfinite(w).all()):
-        raise ValueError("quantize_per_channel got a non-finite weight (inf or nan)")
+        raise ValueError(NON_FINITE_WEIGHT)
     if cols == 0:
         return (
             torch.zeros(rows, 0, dtype=torch.int8, device=w.device),

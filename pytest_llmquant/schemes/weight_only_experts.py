@@ -27,8 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import LlmqUnsupportedLayerError
-from .int8_math import quantize_per_channel
-from .weight_only_linear import WeightOnlyInt8Linear
+from .weight_only_linear import WeightOnlyInt8Linear, quantize_weight
 
 #: the forward every known expert layer has (names after ``self``)
 FORWARD = ("hidden_states", "top_k_index", "top_k_weights")
@@ -112,7 +111,7 @@ def _layers(q: torch.Tensor, scales: torch.Tensor, group: int | None) -> list[We
 def _quantized(bank: torch.Tensor, group: int | None) -> list[WeightOnlyInt8Linear]:
     out = []
     for e in range(bank.shape[0]):
-        q, scales = quantize_per_channel(bank[e].to(torch.float32), group)
+        q, scales = quantize_weight(bank[e].to(torch.float32), group)
         out.append(WeightOnlyInt8Linear(q, scales, None, group))
     return out
 

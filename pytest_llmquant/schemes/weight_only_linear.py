@@ -43,6 +43,23 @@ KERNEL_MAX_TOKENS = 8
 _SLAB_ELEMENTS = 1 << 21
 
 
+def quantize_weight(w: torch.Tensor, group_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What :func:`int8_math.quantize_per_channel` gives for ``w``, computed in one pass of
+    the C kernel wherever it runs on this tensor (a contiguous float32 CPU weight; see
+    :mod:`.kernels.quantize` for why), else by the torch reference itself."""
+    if (
+        w.dim() == 2
+        and w.dtype is torch.float32
+        and w.device.type == "cpu"
+        and w.shape[1] > 0
+        and kernels.available()
+    ):
+        from .kernels.quantize import quantize_rows
+
+        return quantize_rows(w.contiguous(), group_size)
+    return quantize_per_channel(w, group_size)
+
+
 class WeightOnlyInt8Linear(nn.Module):
     """A linear layer holding int8 weights and float32 block scales, never a float weight.
 
@@ -91,7 +108,7 @@ class WeightOnlyInt8Linear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int | None) -> WeightOnlyInt8Linear:
-        q, scales = quantize_per_channel(linear.weight.detach().to(torch.float32), group_size)
+        q, scales = quantize_weight(linear.weight.detach().to(torch.float32), group_size)
         return cls(q, scales, linear.bias, group_size)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:

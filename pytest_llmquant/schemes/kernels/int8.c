@@ -10,6 +10,7 @@
    Arguments are checked before anything is written, and a failed scratch allocation is
    reported as LLMQ_ENOMEM rather than as a silent early return. */
 
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -18,7 +19,8 @@
 #define LLMQ_OK 0
 #define LLMQ_ENOMEM 1 /* a scratch buffer could not be allocated */
 #define LLMQ_EINVAL 2 /* sizes that do not describe a valid call */
-#define LLMQ_ABI_VERSION 5
+#define LLMQ_ENONFINITE 3 /* llmq_quantize_rows met an inf or a nan */
+#define LLMQ_ABI_VERSION 6
 #define LLMQ_MAX_PARTS 8 /* sibling layers one llmq_wo_packed_parts call computes */
 
 /* The checks every entry point shares: non-negative sizes, G blocks of gs columns
@@ -318,6 +320,44 @@ int llmq_wo_packed_parts(const uint8_t* P, const float* x, float* y, int64_t M, 
                             rows[p], G, C);
     }
     return LLMQ_OK;
+}
+
+/* Symmetric int8 of a float32 weight (N, K), one scale per row and block of gs columns
+   (the last block may be shorter): int8_math.quantize_per_channel in one pass, bit for
+   bit. The same steps in the same precision: amax in double, the scale amax / 127 rounded
+   to float32 and then toward zero when rounding went up, at least FLT_MIN, and q the
+   double quotient rounded half to even (nearbyint, as torch.round) and clamped to +-127.
+   No FMA contraction can enter (gcc -std=c11 contracts nothing, and there is no a*b+c). */
+int llmq_quantize_rows(const float* w, int8_t* q, float* s, int64_t N, int64_t K, int64_t gs,
+                       int nthreads) {
+    if (N < 0 || K < 1 || gs < 1 || nthreads < 1) return LLMQ_EINVAL;
+    const int64_t G = (K + gs - 1) / gs;
+    int bad = 0;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1) reduction(|:bad)
+    for (int64_t n = 0; n < N; ++n) {
+        const float* row = w + n * K;
+        for (int64_t g = 0; g < G; ++g) {
+            const int64_t c0 = g * gs, c1 = c0 + gs < K ? c0 + gs : K;
+            double amax = 0.0;
+            for (int64_t c = c0; c < c1; ++c) {
+                const double a = fabs((double)row[c]);
+                bad |= !(a <= DBL_MAX); /* inf, or nan (every comparison with it is false) */
+                amax = a > amax ? a : amax;
+            }
+            const double exact = amax / 127.0;
+            float sc = (float)exact;
+            if ((double)sc > exact) sc = nextafterf(sc, 0.0f);
+            if (sc < FLT_MIN) sc = FLT_MIN;
+            const double sd = (double)sc;
+            for (int64_t c = c0; c < c1; ++c) {
+                double v = nearbyint((double)row[c] / sd);
+                v = v > 127.0 ? 127.0 : (v < -127.0 ? -127.0 : v);
+                q[n * K + c] = (int8_t)v;
+            }
+            s[n * G + g] = sc;
+        }
+    }
+    return bad ? LLMQ_ENONFINITE : LLMQ_OK;
 }
 
 /* The float32 weight (N, K) the packed layout stands for: prompts use it with the GEMM. */
