@@ -58,7 +58,7 @@ def _metadata_parsed_once() -> Iterator[None]:
             return original(path, return_tensors, *args, **kwargs)
         key = os.path.realpath(path)
         if key not in parsed:
-            parsed[key] = original(path, return_tensors=False)
+            parsed[key] = _parsed_without_gguf_reader(original, path)
         return copy.deepcopy(parsed[key])
 
     gguf_utils.load_gguf_checkpoint = once  # type: ignore[assignment]  # same call, fewer forms
@@ -66,6 +66,26 @@ def _metadata_parsed_once() -> Iterator[None]:
         yield
     finally:
         gguf_utils.load_gguf_checkpoint = original
+
+
+def _parsed_without_gguf_reader(parse: Callable[..., Any], path: Any) -> Any:
+    """``parse(path, return_tensors=False)`` (transformers' ``load_gguf_checkpoint``) with
+    :class:`.metadata.MetadataReader` as the ``gguf.GGUFReader`` it imports when called: the
+    same result without ~150k numpy views (see :mod:`.metadata`). Metadata that reader does
+    not cover is parsed with GGUFReader, as before."""
+    import gguf
+
+    from .metadata import MetadataReader, NotReadHere
+
+    real = gguf.GGUFReader
+    gguf.GGUFReader = MetadataReader  # type: ignore[misc,assignment]  # the parts it reads
+    try:
+        return parse(path, return_tensors=False)
+    except NotReadHere:
+        pass
+    finally:
+        gguf.GGUFReader = real  # type: ignore[misc]
+    return parse(path, return_tensors=False)
 
 
 def convert_gguf_to_fp32(
