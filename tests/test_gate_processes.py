@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_llmquant import gate_processes
 from pytest_llmquant.sides.child import CHILD_SPINCOUNT, ChildSide
 from pytest_llmquant.speed import contention
 from pytest_llmquant.speed.contention import ProcMeter
@@ -59,9 +60,9 @@ def busy_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_a_runtime_child_counts_as_the_gate_while_it_lives(busy_side: ChildSide) -> None:
     pid = int(str(busy_side.facts()["pid"]))
-    assert pid in contention._GATE_PROCESSES
+    assert pid in gate_processes.GATE_PROCESSES
     busy_side.close()
-    assert pid not in contention._GATE_PROCESSES
+    assert pid not in gate_processes.GATE_PROCESSES
 
 
 def test_the_childs_openmp_threads_spin_briefly_unless_the_user_says(
@@ -99,9 +100,9 @@ def test_a_helpers_threads_are_summed_with_ours(
         (tmp_path / task / "schedstat").write_text(stat)
     monkeypatch.setattr(contention, "_PROC", tmp_path)
     monkeypatch.setattr(contention, "_TASKS", tmp_path / "self" / "task")
-    monkeypatch.setattr(contention, "_GATE_PROCESSES", {42})
+    monkeypatch.setattr(gate_processes, "GATE_PROCESSES", {42})
     counters = ProcMeter().read()
     assert (counters.threads_run, counters.threads_wait) == (3.0, 0.1)
     assert counters.own_cpu >= 1.0  # the helper's second of CPU is ours
-    monkeypatch.setattr(contention, "_GATE_PROCESSES", {43})  # a helper that has ended
+    monkeypatch.setattr(gate_processes, "GATE_PROCESSES", {43})  # a helper that has ended
     assert (ProcMeter().read().threads_run, ProcMeter().read().threads_wait) == (2.0, 0.1)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import LlmqModelError, LlmqUsageError
-from ..speed.contention import count_as_gate, stop_counting
+from ..gate_processes import count_as_gate, stop_counting
 from .base import ProbeSpec, ShippedFile
 
 if TYPE_CHECKING:

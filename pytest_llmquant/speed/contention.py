@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .. import gate_processes
+
 #: the gate's threads may wait for a core at most this fraction of their runnable time
 #: while it samples; above it the CPU counts as busy (quiet: ~0-3%; 2 threads beside a
 #: busy core on 2 cores: ~30-50%)
@@ -152,21 +154,6 @@ def _cpu_seconds(stat: str, cpus: Iterable[int]) -> tuple[float, float] | None:
     return (busy / hz, total / hz) if seen else None
 
 
-#: processes that measure for the gate: a runtime side's child (:mod:`..sides.child`).
-#: Their CPU time and their threads' waits are the gate's own, not "other processes": two
-#: llama.cpp children timed in turn are one gate, not a busy machine.
-_GATE_PROCESSES: set[int] = set()
-
-
-def count_as_gate(pid: int) -> None:
-    """Count process ``pid`` as part of the gate until :func:`stop_counting` (or it ends)."""
-    _GATE_PROCESSES.add(pid)
-
-
-def stop_counting(pid: int) -> None:
-    _GATE_PROCESSES.discard(pid)
-
-
 def _thread_seconds(*task_dirs: Path) -> tuple[float, float] | None:
     """``(run, wait)`` seconds summed over the threads in ``task_dirs`` (schedstat)."""
     run = wait = 0
@@ -190,7 +177,7 @@ def _thread_seconds(*task_dirs: Path) -> tuple[float, float] | None:
 
 class ProcMeter:
     """The Linux counters: ``/proc/stat`` and ``/proc/self/task/*/schedstat``, plus the
-    schedstat of the gate's helper processes (:func:`count_as_gate`)."""
+    schedstat of the gate's helper processes (:mod:`..gate_processes`)."""
 
     def __init__(self) -> None:
         self.cpus = usable_cpus()
@@ -203,7 +190,7 @@ class ProcMeter:
             cpu = _cpu_seconds(_PROC_STAT.read_text(), self.cpus)
         except OSError:
             cpu = None
-        helper_tasks = [_PROC / str(pid) / "task" for pid in sorted(_GATE_PROCESSES)]
+        helper_tasks = [_PROC / str(pid) / "task" for pid in sorted(gate_processes.GATE_PROCESSES)]
         threads = _thread_seconds(_TASKS, *helper_tasks)
         helpers = _thread_seconds(*helper_tasks)
         return CpuCounters(

@@ -68,7 +68,7 @@ def _metadata_parsed_once() -> Iterator[None]:
         gguf_utils.load_gguf_checkpoint = original
 
 
-def _parsed_without_gguf_reader(parse: Callable[..., Any], path: Any) -> Any:
+def _parsed_without_gguf_reader(parse: Callable[..., object], path: str) -> object:
     """``parse(path, return_tensors=False)`` (transformers' ``load_gguf_checkpoint``) with
     :class:`.metadata.MetadataReader` as the ``gguf.GGUFReader`` it imports when called: the
     same result without ~150k numpy views (see :mod:`.metadata`). Metadata that reader does
