@@ -3,8 +3,8 @@
 
 Why: ``transformers.modeling_gguf_pytorch_utils.load_gguf_checkpoint`` opens the file with
 ``GGUFReader``, which makes numpy memory-map views of every part of every metadata value,
-~150k of them for SmolLM2's tokenizer strings and merges: 2.1 s of the 8.6 s that converting
-the packaged GGUF to FP32 took on the project's 2-core machine. The parser reads each
+~150k of them for SmolLM2's tokenizer strings and merges: 2.1 s of the 5.8-7.3 s that
+converting the packaged GGUF to FP32 took on the project's 2-core machine (3.1 s with this). The parser reads each
 field only as ``[_gguf_parse_value(field.parts[i], field.types) for i in field.data]``, and
 the tensors only by ``name``. :class:`MetadataReader` gives it exactly that, from one
 :mod:`struct` walk of the header: each value part as a 1-tuple (a number) or ``bytes`` (a
@@ -51,27 +51,33 @@ class MetadataReader:
     then the file's order) and ``tensors`` (each with its ``name``)."""
 
     def __init__(self, path: str | Path, mode: str = "r") -> None:
-        with open(path, "rb") as fh:
-            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        # ``mode`` only keeps GGUFReader's signature: the file is read, never written
         header = read_header(path)  # checks the whole file first, tensors included
-        cur = _Cursor(buf)
-        cur.pos = 4
-        version, n_tensors, n_kv = cur.unpack("I"), cur.unpack("Q"), cur.unpack("Q")
-        self.fields: dict[str, MetadataField] = {
-            "GGUF.version": MetadataField("GGUF.version", [_U32], [(version,)]),
-            "GGUF.tensor_count": MetadataField("GGUF.tensor_count", [_U64], [(n_tensors,)]),
-            "GGUF.kv_count": MetadataField("GGUF.kv_count", [_U64], [(n_kv,)]),
-        }
-        for _ in range(n_kv):
-            key = cur.string()
-            vtype = cur.unpack("I")
-            if vtype == _ARRAY:
-                itype, count = cur.unpack("I"), cur.unpack("Q")
-                types, parts = [_ARRAY, itype], _items(cur, itype, count, key)
-            else:
-                types, parts = [vtype], _items(cur, vtype, 1, key)
-            self.fields[key] = MetadataField(key, types, parts)
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            self.fields = _fields(_Cursor(buf))
         self.tensors: list[GGUFTensor] = header.tensors
+
+
+def _fields(cur: _Cursor) -> dict[str, MetadataField]:
+    """Every metadata key from the start of a file :func:`read_header` accepted; the
+    parts are copies (numbers, ``bytes``), so the map may be closed afterwards."""
+    cur.pos = 4
+    version, n_tensors, n_kv = cur.unpack("I"), cur.unpack("Q"), cur.unpack("Q")
+    fields = {
+        "GGUF.version": MetadataField("GGUF.version", [_U32], [(version,)]),
+        "GGUF.tensor_count": MetadataField("GGUF.tensor_count", [_U64], [(n_tensors,)]),
+        "GGUF.kv_count": MetadataField("GGUF.kv_count", [_U64], [(n_kv,)]),
+    }
+    for _ in range(n_kv):
+        key = cur.string()
+        vtype = cur.unpack("I")
+        if vtype == _ARRAY:
+            itype, count = cur.unpack("I"), cur.unpack("Q")
+            types, parts = [_ARRAY, itype], _items(cur, itype, count, key)
+        else:
+            types, parts = [vtype], _items(cur, vtype, 1, key)
+        fields[key] = MetadataField(key, types, parts)
+    return fields
 
 
 def _items(cur: _Cursor, vtype: int, count: int, key: str) -> list[Part]:

@@ -1,12 +1,12 @@
 """Quantizing a float32 weight with the C kernel: :func:`int8_math.quantize_per_channel`
 in one pass.
 
-Why: the torch reference makes six float64 passes over every weight (abs, amax, divide,
-round, clamp, cast, plus a finiteness check), 1.6 s of the 2.4 s that building SmolLM2's
-INT8 model took on the project's 2-core machine; the kernel makes two float32 reads of
-each row block. It computes the same numbers in the same precision, so the INT8 model is
-bit-identical whichever path built it (tests/test_kernels.py compares them on odd shapes,
-short last blocks, all-zero rows and extreme magnitudes).
+Why: the torch reference makes several float64 passes over every weight (a finiteness
+check, abs, amax, divide, round, clamp, cast); building SmolLM2's INT8 model took 1.24 s
+with it and 0.49 s with this, on the project's 2-core machine. The kernel reads each row
+block twice, in float32. It computes the same numbers in the same precision, so the INT8
+model is bit-identical whichever path built it (tests/test_schemes.py compares them on odd
+shapes, short last blocks, all-zero rows, ties and extreme magnitudes).
 """
 
 from __future__ import annotations
