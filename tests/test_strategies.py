@@ -105,8 +105,12 @@ def test_prompts_cover_edge_cases() -> None:
 def test_prompts_shrink_to_short_plain_text() -> None:
     """A failure that needs five characters is reported on five plain ASCII characters, not
     on emoji, tabs or newlines. Which branch the shrink ends in depends on the seed: corpus
-    words ("abort"), or the simplest text of another branch ("00000", "0000 ")."""
-    smallest = find(prompts(), lambda t: len(t) >= 5, settings=settings(database=None))
+    words ("abort"), or the simplest text of another branch ("00000", "000  "). The seed is
+    fixed: hypothesis's shrinker promises a local minimum, not the shortest text, and a rare
+    random seed stops on six ("A A A ": once in CI; 0 of 40 seeds in a local run)."""
+    smallest = find(
+        prompts(), lambda t: len(t) >= 5, settings=settings(database=None, derandomize=True)
+    )
     assert len(smallest) == 5 and smallest.isascii(), repr(smallest)
     assert all(c.isalnum() or c == " " for c in smallest) and smallest.strip(), repr(smallest)
 
