@@ -176,3 +176,39 @@ def test_packed_call_parts_match_reference(k_chunks, rows, tokens, seed):
     x = torch.randn(tokens, k, generator=gen)
     for layer, out in zip(layers, call(x), strict=True):
         _close(out, _reference(layer, x))
+
+
+def test_packed_call_decode_takes_only_a_decode_input_and_gives_the_calls_numbers():
+    """``decode`` is the layers' per-token path: None (the layer takes its general path)
+    for anything the kernel does not run, the exact numbers of a checked call otherwise."""
+    layers = [WeightOnlyInt8Linear.from_linear(nn.Linear(64, n), 32) for n in (8, 4)]
+    packed = torch.cat([la.packed for la in layers if la.packed is not None])
+    call = PackedCall(packed, 64, 32, [8, 4], [la.bias for la in layers], max_tokens=3)
+    not_decode = (
+        torch.randn(1, 63),  # the wrong width
+        torch.randn(1, 64).half(),  # another dtype
+        torch.randn(64, 2).t(),  # not contiguous
+        torch.randn(0, 64),  # no token
+        torch.randn(4, 64),  # more tokens than max_tokens
+    )
+    for x in not_decode:
+        assert call.decode(x) is None, tuple(x.shape)
+    for x in (torch.randn(64), torch.randn(1, 1, 64), torch.randn(3, 64)):
+        outs = call.decode(x)
+        assert outs is not None
+        for out, checked in zip(outs, call(x), strict=True):
+            assert torch.equal(out, checked)
+
+
+@pytest.mark.parametrize("lead", [(), (1,), (1, 1)], ids=["1-d", "2-d", "3-d"])
+def test_one_token_parts_are_contiguous_in_the_inputs_shape(lead):
+    """One token's parts are columns of one (..., total) output: each must still be a
+    contiguous (..., rows[p]) tensor, as a layer of its own returns (models ``.view`` them)."""
+    widths = (8, 4, 5)
+    layers = [WeightOnlyInt8Linear.from_linear(nn.Linear(96, n), 32) for n in widths]
+    packed = torch.cat([la.packed for la in layers if la.packed is not None])
+    call = PackedCall(packed, 96, 32, widths, [la.bias for la in layers])
+    x = torch.randn(*lead, 96)
+    for layer, n, out in zip(layers, widths, call(x), strict=True):
+        assert out.shape == (*lead, n) and out.is_contiguous()
+        _close(out, _reference(layer, x))

@@ -32,6 +32,10 @@ from .kernels.calls import MAX_PARTS, PackedCall
 if TYPE_CHECKING:
     from .weight_only_linear import WeightOnlyInt8Linear
 
+#: Up to this many tokens per call the C kernel runs (decode, small batches); above it
+#: the weight is dequantized and the float32 GEMM runs (prompt processing).
+KERNEL_MAX_TOKENS = 8
+
 #: sibling layer names that read one input in the models transformers ships (Llama,
 #: Mistral, Qwen, SmolLM, Gemma, Phi-3's are already fused; GPT-2 is ``c_attn``, one layer)
 SIBLINGS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -48,6 +52,7 @@ class FusedGroup:
             layers[0].block,
             [layer.out_features for layer in layers],
             [layer._buffers["bias"] for layer in layers],
+            max_tokens=KERNEL_MAX_TOKENS,
         )
         self._held = tuple((layer._buffers["packed"], layer._buffers["bias"]) for layer in layers)
         self._x: torch.Tensor | None = None
@@ -64,8 +69,10 @@ class FusedGroup:
         return True
 
     def output(self, index: int, x: torch.Tensor) -> torch.Tensor | None:
-        """Layer ``index``'s output for ``x``; None (and the group dissolved) where the
-        layers no longer match this call."""
+        """Layer ``index``'s output for ``x``; None where ``x`` is not a decode input the
+        kernel takes (:meth:`PackedCall.decode`), and None with the group dissolved where
+        the layers no longer match this call. The layer's whole decode path: it checks
+        nothing of ``x`` itself."""
         if x is self._x and self._left[index]:
             self._left[index] = False
             out = self._outs[index]
@@ -75,7 +82,9 @@ class FusedGroup:
         if not self.intact():
             self.dissolve()
             return None
-        outs = self.call(x)
+        outs = self.call.decode(x)
+        if outs is None:
+            return None
         if len(outs) > 1:
             self._x, self._outs = x, outs
             self._left = [True] * len(outs)

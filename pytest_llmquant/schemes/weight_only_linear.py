@@ -34,11 +34,8 @@ from .int8_math import (
     quantize_per_channel,
     unpack_rows,
 )
-from .weight_only_fused import FusedGroup, single
+from .weight_only_fused import KERNEL_MAX_TOKENS, FusedGroup, single
 
-#: Up to this many tokens per call the C kernel runs (decode, small batches); above it
-#: the weight is dequantized and the float32 GEMM runs (prompt processing).
-KERNEL_MAX_TOKENS = 8
 #: a prompt through a layer of more weights than this is computed a slab of rows at a time
 _SLAB_ELEMENTS = 1 << 21
 
@@ -187,15 +184,9 @@ class WeightOnlyInt8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # decode fast path: a few microseconds of Python per call matter here, because
         # a 135M model makes ~120 of these calls per generated token (fused siblings)
+        # (the group checks x itself; set_cache_dir can forget the library under it)
         group = self._group
-        if (
-            group is not None
-            and kernels.loaded()
-            and x.dtype is torch.float32
-            and x.device.type == "cpu"
-            and x.is_contiguous()
-            and 0 < x.numel() <= KERNEL_MAX_TOKENS * self.in_features
-        ):
+        if group is not None and kernels.loaded():
             y = group.output(self._group_index, x)
             if y is not None:
                 return y

@@ -32,7 +32,7 @@ SOURCE_NAME = "int8.c"
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 LIBS = ("-lm",)
 #: must equal LLMQ_ABI_VERSION in int8.c
-ABI_VERSION = 6
+ABI_VERSION = 7
 #: ``LLMQ_INT8_KERNEL=0`` turns the kernel off (the schemes then run their torch fallback)
 DISABLE_ENV = "LLMQ_INT8_KERNEL"
 CPUINFO = Path("/proc/cpuinfo")
@@ -45,6 +45,7 @@ SIGNATURES: dict[str, list[type]] = {
     "llmq_w8a8_gemm": [_p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _i64, _i64, _i32],
     "llmq_wo_packed": [_p, _p, _p, _p, _i64, _i64, _i64, _i64, _i32],
     "llmq_wo_packed_parts": [_p, _p, _p, _i64, _i64, _i64, _i64, _p, _p, _i32],
+    "llmq_wo_packed_run": [_p, _p, _p, _i64, _i32],
     "llmq_unpack_f32": [_p, _p, _i64, _i64, _i64, _i32],
     "llmq_quantize_rows": [_p, _p, _p, _i64, _i64, _i64, _i32],
     "llmq_w8a8_packed": [_p, _p, _p, _p, _p, _i64, _i64, _i64, _i64, _i32],

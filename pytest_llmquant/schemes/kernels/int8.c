@@ -20,7 +20,7 @@
 #define LLMQ_ENOMEM 1 /* a scratch buffer could not be allocated */
 #define LLMQ_EINVAL 2 /* sizes that do not describe a valid call */
 #define LLMQ_ENONFINITE 3 /* llmq_quantize_rows met an inf or a nan */
-#define LLMQ_ABI_VERSION 6
+#define LLMQ_ABI_VERSION 7
 #define LLMQ_MAX_PARTS 8 /* sibling layers one llmq_wo_packed_parts call computes */
 
 /* The checks every entry point shares: non-negative sizes, G blocks of gs columns
@@ -320,6 +320,24 @@ int llmq_wo_packed_parts(const uint8_t* P, const float* x, float* y, int64_t M, 
                             rows[p], G, C);
     }
     return LLMQ_OK;
+}
+
+/* What a prepared decode call keeps fixed (kernels/calls.py makes one per fused group):
+   llmq_wo_packed_run takes only what changes per token, because each argument ctypes
+   converts costs about 0.1 us and a 135M model makes 121 of these calls per token. */
+typedef struct {
+    const uint8_t* P;
+    int64_t K, gs, nparts;
+    const int64_t* rows;
+    const float* const* biases;
+} llmq_parts_t;
+
+/* llmq_wo_packed_parts on a prepared call; every size is checked there, as before. */
+int llmq_wo_packed_run(const llmq_parts_t* c, const float* x, float* y, int64_t M,
+                       int nthreads) {
+    if (!c) return LLMQ_EINVAL;
+    return llmq_wo_packed_parts(c->P, x, y, M, c->K, c->gs, c->nparts, c->rows, c->biases,
+                                nthreads);
 }
 
 /* Symmetric int8 of a float32 weight (N, K), one scale per row and block of gs columns
